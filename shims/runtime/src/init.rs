@@ -1,0 +1,246 @@
+//! The container's init, in two processes.
+//!
+//! The runtime starts its own sealed binary with [`INIT_ARG`]; that
+//! *intermediate* process enters or creates the namespaces (asking the
+//! runtime to write the user namespace's id maps), then forks the
+//! *container init*, which is PID 1 of a new pid namespace. The init
+//! builds the rootfs, reports ready, waits on the exec fifo for `start`,
+//! and execs the container's program. Both talk to the runtime over one
+//! [`Channel`].
+//!
+//! [`INIT_ARG`]: crate::sealed_exe::INIT_ARG
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{Hooks, LinuxNamespaceType, LinuxTimeOffset, Process};
+use serde::{Deserialize, Serialize};
+
+use crate::channel::Channel;
+use crate::console;
+use crate::error::{Context, Error, Result};
+use crate::hooks::{self, HookKind};
+use crate::namespaces::{self, Plan};
+use crate::process;
+use crate::rootfs::{self, RootfsPlan};
+use crate::sealed_exe::INIT_FD_ENV;
+use crate::sys;
+
+/// What the runtime tells the intermediate process to do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitConfig {
+    pub namespaces: Plan,
+    pub time_offsets: Option<HashMap<String, LinuxTimeOffset>>,
+    pub process: Process,
+    /// Present for a new container, absent for exec into a running one.
+    pub create: Option<CreateConfig>,
+    /// Allocate a pty and send its master to the runtime.
+    pub console: bool,
+    /// Descriptors 3..3+N stay open for the container's process.
+    pub preserve_fds: i32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateConfig {
+    pub rootfs: RootfsPlan,
+    pub hostname: Option<String>,
+    pub domainname: Option<String>,
+    pub sysctl: HashMap<String, String>,
+    pub exec_fifo: PathBuf,
+    pub hooks: Option<Hooks>,
+}
+
+/// Messages on the init channel.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    /// runtime → intermediate: the whole job.
+    Config(Box<InitConfig>),
+    /// intermediate → runtime: a user namespace exists, map its ids.
+    UserNamespaceCreated,
+    /// runtime → intermediate: the maps are written.
+    UserNamespaceMapped,
+    /// intermediate → runtime: the host pid of the container init.
+    InitPid { pid: i32 },
+    /// runtime → init: the intermediate is gone, the channel is the init's alone.
+    Proceed,
+    /// init → runtime: the rootfs is mounted, run createRuntime hooks.
+    RunCreateRuntimeHooks,
+    /// runtime → init: hooks done; the OCI state for the init's own hooks.
+    CreateRuntimeHooksDone { state: String },
+    /// init → runtime, carrying the pty master.
+    ConsoleMaster,
+    /// init → runtime: about to wait for start (or exec, for exec).
+    Ready,
+    /// intermediate or init → runtime.
+    Failed { message: String },
+}
+
+/// Entry point of the sealed binary run with `__husk_init`. Never returns.
+pub fn main() -> ! {
+    let fd = std::env::var(INIT_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok());
+    let Some(fd) = fd else {
+        eprintln!(
+            "husk-runtime: {} is internal and only run by husk-runtime itself",
+            crate::sealed_exe::INIT_ARG
+        );
+        std::process::exit(2);
+    };
+    std::env::remove_var(INIT_FD_ENV);
+    // SAFETY: the runtime passed us this descriptor and nothing else owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let _ = sys::set_cloexec(fd, true);
+    let mut channel = Channel::from_fd(owned);
+    let code = match intermediate(&mut channel) {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = channel.send(&Message::Failed {
+                message: e.to_string(),
+            });
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn expect(channel: &mut Channel, what: &str) -> Result<Message> {
+    match channel.recv::<Message>()? {
+        Some((msg, _)) => Ok(msg),
+        None => Err(Error::Init(format!(
+            "the runtime went away while the init waited for {what}"
+        ))),
+    }
+}
+
+fn intermediate(channel: &mut Channel) -> Result<()> {
+    sys::unblock_all_signals().context(|| "reset signal mask".into())?;
+    let Message::Config(config) = expect(channel, "its configuration")? else {
+        return Err(Error::Init("expected the init configuration first".into()));
+    };
+    let plan = &config.namespaces;
+    namespaces::join(&plan.join)?;
+    if plan.creates(LinuxNamespaceType::User) {
+        sys::unshare(libc::CLONE_NEWUSER).context(|| "create user namespace".into())?;
+        channel.send(&Message::UserNamespaceCreated)?;
+        match expect(channel, "id maps")? {
+            Message::UserNamespaceMapped => {}
+            other => return Err(Error::Init(format!("expected id maps, got {other:?}"))),
+        }
+    }
+    if plan.in_user_namespace() {
+        // Become root of the namespace when the maps include it, so the
+        // init has full capabilities there. Unmapped root is not an error.
+        let _ = sys::setresgid(0);
+        let _ = sys::setresuid(0);
+    }
+    sys::unshare(plan.unshare_flags())
+        .context(|| format!("unshare namespaces {:?}", plan.create))?;
+    if let Some(offsets) = &config.time_offsets {
+        namespaces::write_time_offsets(offsets)?;
+    }
+    // A new pid namespace applies to children only: fork its PID 1.
+    match sys::fork().context(|| "fork the container init".into())? {
+        sys::Fork::Parent(pid) => channel.send(&Message::InitPid { pid }),
+        sys::Fork::Child => {
+            let err = match container_init(channel, &config) {
+                Ok(never) => match never {},
+                Err(e) => e,
+            };
+            let _ = channel.send(&Message::Failed {
+                message: err.to_string(),
+            });
+            // After Ready the runtime is gone; the container's stderr is all we have.
+            eprintln!("husk-runtime init: {err}");
+            std::process::exit(127)
+        }
+    }
+}
+
+fn container_init(channel: &mut Channel, config: &InitConfig) -> Result<std::convert::Infallible> {
+    // Until the runtime has read the intermediate's last message, writing
+    // here could interleave with it.
+    match expect(channel, "the go-ahead")? {
+        Message::Proceed => {}
+        other => return Err(Error::Init(format!("expected the go-ahead, got {other:?}"))),
+    }
+    sys::setsid().context(|| "setsid".into())?;
+    let process = &config.process;
+    let mut state_json = String::new();
+    let mut fifo = None;
+    if let Some(create) = &config.create {
+        // Opened read-write before pivot_root: it never blocks, and the
+        // blocking read below waits for `start` to write a byte.
+        fifo = Some(
+            sys::open(&create.exec_fifo, libc::O_RDWR)
+                .context(|| format!("open exec fifo {}", create.exec_fifo.display()))?,
+        );
+        rootfs::prepare(&create.rootfs)?;
+        channel.send(&Message::RunCreateRuntimeHooks)?;
+        match expect(channel, "createRuntime hooks")? {
+            Message::CreateRuntimeHooksDone { state } => state_json = state,
+            other => return Err(Error::Init(format!("expected hooks done, got {other:?}"))),
+        }
+        hooks::run(
+            HookKind::CreateContainer,
+            create.hooks.as_ref(),
+            &state_json,
+        )?;
+        rootfs::pivot(&create.rootfs)?;
+        rootfs::finish(&create.rootfs)?;
+        if let Some(h) = create.hostname.as_deref().filter(|h| !h.is_empty()) {
+            sys::sethostname(h).context(|| format!("set hostname {h:?}"))?;
+        }
+        if let Some(d) = create.domainname.as_deref().filter(|d| !d.is_empty()) {
+            sys::setdomainname(d).context(|| format!("set domainname {d:?}"))?;
+        }
+        for (key, value) in &create.sysctl {
+            let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+            std::fs::write(&path, value).context(|| format!("set sysctl {key}={value}"))?;
+        }
+    }
+    let cwd = process.cwd();
+    sys::chdir(cwd).context(|| format!("chdir to process.cwd {}", cwd.display()))?;
+    if config.console {
+        let (master, slave) = console::open_pty()?;
+        if let Some(size) = process.console_size() {
+            console::set_size(
+                master.as_raw_fd(),
+                size.height() as u16,
+                size.width() as u16,
+            )?;
+        }
+        if config.create.is_some() {
+            rootfs::mount_console(&console::slave_path(&slave)?)?;
+        }
+        console::attach_stdio(&slave)?;
+        channel.send_with_fd(&Message::ConsoleMaster, Some(master.as_raw_fd()))?;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let env = process::environment(process, || process::home_of(&passwd, process.user().uid()));
+    let args = process.args().clone().unwrap_or_default();
+    let program = process::find_executable(&args[0], &env, cwd)?;
+    process::apply_credentials(process)?;
+    channel.send(&Message::Ready)?;
+
+    if let Some(fifo) = fifo {
+        let mut byte = [0u8; 1];
+        let mut f = std::fs::File::from(fifo);
+        match f.read(&mut byte) {
+            Ok(1) => {}
+            other => {
+                return Err(Error::Init(format!(
+                    "waiting for start on the exec fifo: {other:?}"
+                )))
+            }
+        }
+        let hooks = config.create.as_ref().and_then(|c| c.hooks.as_ref());
+        hooks::run(HookKind::StartContainer, hooks, &state_json)?;
+    }
+    sys::cloexec_from(3 + config.preserve_fds)
+        .context(|| "mark runtime descriptors close-on-exec".into())?;
+    Err(process::exec(&program, &args, &env))
+}

@@ -1,0 +1,31 @@
+//! husk's OCI runtime: turns an OCI bundle into an isolated,
+//! resource-limited process straight from kernel primitives (namespaces,
+//! cgroups, pivot_root, capabilities), with no runc underneath.
+//!
+//! One module per kernel or protocol concept. [`sys`] is the only module
+//! that makes system calls directly; the planning logic elsewhere is
+//! unit-tested without root.
+
+pub mod capabilities;
+pub mod cgroups;
+pub mod channel;
+pub mod console;
+pub mod container;
+pub mod devices;
+pub mod error;
+pub mod hooks;
+pub mod init;
+pub mod launch;
+pub mod mounts;
+pub mod namespaces;
+pub mod paths;
+pub mod process;
+pub mod rootfs;
+pub mod sealed_exe;
+pub mod signals;
+pub mod spec;
+pub mod state;
+pub mod sys;
+
+pub use container::{CreateOptions, ExecOptions, Runtime, Started};
+pub use error::{Error, Result};

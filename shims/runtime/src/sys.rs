@@ -1,0 +1,562 @@
+//! The one narrow layer through which the runtime makes system calls.
+//!
+//! Everything above this module plans what to do as plain data (which
+//! namespaces, which mounts, which capabilities) and is unit-tested without
+//! root; only these thin wrappers touch the kernel. Each returns an
+//! `io::Error` carrying errno, and callers add the context.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+fn cstr(s: impl AsRef<OsStr>) -> io::Result<CString> {
+    CString::new(s.as_ref().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// mount(2). `source`, `fstype` and `data` are optional as in the C API.
+pub fn mount(
+    source: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: u64,
+    data: Option<&str>,
+) -> io::Result<()> {
+    let source = source.map(cstr).transpose()?;
+    let target = cstr(target)?;
+    let fstype = fstype.map(cstr).transpose()?;
+    let data = data.filter(|d| !d.is_empty()).map(cstr).transpose()?;
+    // SAFETY: every pointer is either null or a live NUL-terminated string.
+    check(unsafe {
+        libc::mount(
+            source.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+            target.as_ptr(),
+            fstype.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+            flags as libc::c_ulong,
+            data.as_ref()
+                .map_or(std::ptr::null(), |s| s.as_ptr() as *const libc::c_void),
+        )
+    })?;
+    Ok(())
+}
+
+pub fn umount_detach(target: &Path) -> io::Result<()> {
+    let target = cstr(target)?;
+    // SAFETY: target is a live C string.
+    check(unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) })?;
+    Ok(())
+}
+
+/// Makes `new_root` the root of the current mount namespace and detaches the
+/// old root, without needing a directory to park it in: pivot_root(".", ".")
+/// stacks the old root on top of the new one, and unmounting "." removes it.
+pub fn pivot_root(new_root: &Path) -> io::Result<()> {
+    let old = open_dir(Path::new("/"))?;
+    let new = open_dir(new_root)?;
+    // SAFETY: plain syscalls on owned descriptors and a static path.
+    unsafe {
+        check(libc::fchdir(new.as_raw_fd()))?;
+        let dot = c".";
+        check(libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) as libc::c_int)?;
+        check(libc::fchdir(old.as_raw_fd()))?;
+    }
+    // The old root may be shared with the host: make it a slave first so the
+    // unmount below cannot propagate out.
+    mount(
+        None,
+        Path::new("."),
+        None,
+        (libc::MS_SLAVE | libc::MS_REC) as u64,
+        None,
+    )?;
+    umount_detach(Path::new("."))?;
+    chdir(Path::new("/"))
+}
+
+pub fn chroot(new_root: &Path) -> io::Result<()> {
+    let p = cstr(new_root)?;
+    // SAFETY: p is a live C string.
+    check(unsafe { libc::chroot(p.as_ptr()) })?;
+    chdir(Path::new("/"))
+}
+
+pub fn chdir(dir: &Path) -> io::Result<()> {
+    let p = cstr(dir)?;
+    // SAFETY: p is a live C string.
+    check(unsafe { libc::chdir(p.as_ptr()) })?;
+    Ok(())
+}
+
+pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    open(path, libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC)
+}
+
+pub fn open(path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let p = cstr(path)?;
+    // SAFETY: p is a live C string; on success we own the returned fd.
+    let fd = check(unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC, 0o600) })?;
+    // SAFETY: fd was just returned by open and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+pub fn unshare(flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: unshare only takes flags.
+    check(unsafe { libc::unshare(flags) })?;
+    Ok(())
+}
+
+pub fn setns(fd: BorrowedFd<'_>, nstype: libc::c_int) -> io::Result<()> {
+    // SAFETY: fd is a live namespace descriptor.
+    check(unsafe { libc::setns(fd.as_raw_fd(), nstype) })?;
+    Ok(())
+}
+
+pub fn sethostname(name: &str) -> io::Result<()> {
+    // SAFETY: pointer and length describe `name`.
+    check(unsafe { libc::sethostname(name.as_ptr() as *const libc::c_char, name.len()) })?;
+    Ok(())
+}
+
+pub fn setdomainname(name: &str) -> io::Result<()> {
+    // SAFETY: pointer and length describe `name`.
+    check(unsafe { libc::setdomainname(name.as_ptr() as *const libc::c_char, name.len()) })?;
+    Ok(())
+}
+
+pub fn mknod(path: &Path, mode: libc::mode_t, major: u64, minor: u64) -> io::Result<()> {
+    let p = cstr(path)?;
+    // SAFETY: p is a live C string.
+    check(unsafe { libc::mknod(p.as_ptr(), mode, libc::makedev(major as u32, minor as u32)) })?;
+    Ok(())
+}
+
+pub fn mkfifo(path: &Path, mode: libc::mode_t) -> io::Result<()> {
+    let p = cstr(path)?;
+    // SAFETY: p is a live C string.
+    check(unsafe { libc::mkfifo(p.as_ptr(), mode) })?;
+    Ok(())
+}
+
+pub fn lchown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    let p = cstr(path)?;
+    // SAFETY: p is a live C string.
+    check(unsafe { libc::lchown(p.as_ptr(), uid, gid) })?;
+    Ok(())
+}
+
+pub fn umask(mask: u32) -> u32 {
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(mask as libc::mode_t) as u32 }
+}
+
+pub fn setrlimit(resource: libc::c_int, soft: u64, hard: u64) -> io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: lim is a valid rlimit; prlimit on pid 0 is the calling process.
+    check(unsafe {
+        libc::prlimit(
+            0,
+            resource as libc::__rlimit_resource_t,
+            &lim,
+            std::ptr::null_mut(),
+        )
+    })?;
+    Ok(())
+}
+
+fn prctl(option: libc::c_int, arg: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: the prctl options used here take one integer argument.
+    check(unsafe { libc::prctl(option, arg, 0, 0, 0) })?;
+    Ok(())
+}
+
+pub fn set_no_new_privs() -> io::Result<()> {
+    prctl(libc::PR_SET_NO_NEW_PRIVS, 1)
+}
+
+pub fn set_keep_caps(keep: bool) -> io::Result<()> {
+    prctl(libc::PR_SET_KEEPCAPS, keep as libc::c_ulong)
+}
+
+pub fn set_child_subreaper() -> io::Result<()> {
+    prctl(libc::PR_SET_CHILD_SUBREAPER, 1)
+}
+
+/// Asks the kernel to SIGKILL us when the process that forked us dies, so an
+/// init whose runtime crashed mid-create does not linger.
+pub fn set_parent_death_signal(signal: libc::c_int) -> io::Result<()> {
+    prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong)
+}
+
+/// capset(2) of the three process sets at once: setting them one by one
+/// can fail midway, since effective must always stay within permitted.
+pub fn capset(effective: u64, permitted: u64, inheritable: u64) -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let split = |v: u64| (v as u32, (v >> 32) as u32);
+    let (e0, e1) = split(effective);
+    let (p0, p1) = split(permitted);
+    let (i0, i1) = split(inheritable);
+    let data = [
+        Data {
+            effective: e0,
+            permitted: p0,
+            inheritable: i0,
+        },
+        Data {
+            effective: e1,
+            permitted: p1,
+            inheritable: i1,
+        },
+    ];
+    // SAFETY: header and data follow the kernel's v3 layout (two data words).
+    check(unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } as libc::c_int)?;
+    Ok(())
+}
+
+pub fn setresuid(uid: u32) -> io::Result<()> {
+    // SAFETY: plain syscall. The raw syscall is per-thread; callers are single-threaded.
+    check(unsafe { libc::setresuid(uid, uid, uid) })?;
+    Ok(())
+}
+
+pub fn setresgid(gid: u32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    check(unsafe { libc::setresgid(gid, gid, gid) })?;
+    Ok(())
+}
+
+pub fn setgroups(gids: &[u32]) -> io::Result<()> {
+    // SAFETY: pointer and length describe `gids`.
+    check(unsafe { libc::setgroups(gids.len(), gids.as_ptr()) })?;
+    Ok(())
+}
+
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: plain syscall.
+    check(unsafe { libc::setsid() })?;
+    Ok(())
+}
+
+pub enum Fork {
+    Parent(libc::pid_t),
+    Child,
+}
+
+/// fork(2). Only called from the runtime's single-threaded init process.
+pub fn fork() -> io::Result<Fork> {
+    // SAFETY: the caller is single-threaded (the freshly exec'd init), so the
+    // child may allocate freely.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Fork::Child),
+        pid => Ok(Fork::Parent(pid)),
+    }
+}
+
+pub fn kill(pid: libc::pid_t, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    check(unsafe { libc::kill(pid, signal) })?;
+    Ok(())
+}
+
+/// How a waited-for child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    /// The shell convention: the exit code, or 128 + the signal number.
+    pub fn status(self) -> i32 {
+        match self {
+            Exit::Code(c) => c,
+            Exit::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// waitpid(2). Returns `None` when `nohang` is set and nothing has exited,
+/// and the pid that ended otherwise.
+pub fn waitpid(pid: libc::pid_t, nohang: bool) -> io::Result<Option<(libc::pid_t, Exit)>> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, if nohang { libc::WNOHANG } else { 0 }) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            return Ok(None);
+        }
+        let exit = if libc::WIFSIGNALED(status) {
+            Exit::Signal(libc::WTERMSIG(status))
+        } else if libc::WIFEXITED(status) {
+            Exit::Code(libc::WEXITSTATUS(status))
+        } else {
+            // Stopped or continued: not an exit, keep waiting.
+            if nohang {
+                return Ok(None);
+            }
+            continue;
+        };
+        return Ok(Some((r, exit)));
+    }
+}
+
+/// Marks every descriptor from `first` upwards close-on-exec, so nothing of
+/// the runtime's leaks into the container (the CVE-2024-21626 class).
+pub fn cloexec_from(first: RawFd) -> io::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes fd flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
+    // SAFETY: F_GETFD/F_SETFD on a descriptor only change its flags.
+    unsafe {
+        let flags = check(libc::fcntl(fd, libc::F_GETFD))?;
+        let flags = if on {
+            flags | libc::FD_CLOEXEC
+        } else {
+            flags & !libc::FD_CLOEXEC
+        };
+        check(libc::fcntl(fd, libc::F_SETFD, flags))?;
+    }
+    Ok(())
+}
+
+pub fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 on descriptors we hold.
+    check(unsafe { libc::dup2(from, to) })?;
+    Ok(())
+}
+
+/// execve(2): only returns on failure.
+pub fn execve(path: &CStr, args: &[CString], env: &[CString]) -> io::Error {
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    // SAFETY: argv and envp are NULL-terminated arrays of live C strings.
+    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+/// The mount flags of the filesystem holding `path` that the kernel locks in
+/// a user namespace (nosuid, nodev, noexec, ro, atime): a bind remount there
+/// must repeat them or fail with EPERM.
+pub fn locked_mount_flags(path: &Path) -> io::Result<u64> {
+    let p = cstr(path)?;
+    // SAFETY: st is a valid out-pointer, p a live C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::statvfs(p.as_ptr(), &mut st) })?;
+    let pairs = [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ];
+    Ok(pairs
+        .iter()
+        .filter(|(st_flag, _)| st.f_flag & st_flag != 0)
+        .fold(0, |acc, (_, ms)| acc | *ms))
+}
+
+/// A sealed in-memory copy of a file: once sealed, nobody (not even root in
+/// a container holding /proc/PID/exe) can write to it.
+pub fn sealed_memfd_copy(name: &CStr, source: &Path) -> io::Result<OwnedFd> {
+    let src = open(source, libc::O_RDONLY)?;
+    // SAFETY: name is a live C string; on success we own the fd.
+    let fd = check(unsafe {
+        libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+    })?;
+    // SAFETY: fd was just returned by memfd_create.
+    let memfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    loop {
+        // SAFETY: both descriptors are live; a null offset uses the file position.
+        let n = unsafe {
+            libc::sendfile(
+                memfd.as_raw_fd(),
+                src.as_raw_fd(),
+                std::ptr::null_mut(),
+                1 << 30,
+            )
+        };
+        match n {
+            0 => break,
+            n if n < 0 => return Err(io::Error::last_os_error()),
+            _ => {}
+        }
+    }
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: F_ADD_SEALS on our own memfd.
+    check(unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_ADD_SEALS, seals) })?;
+    Ok(memfd)
+}
+
+/// The seals set on a memfd (F_GET_SEALS).
+pub fn memfd_seals(fd: RawFd) -> io::Result<libc::c_int> {
+    // SAFETY: F_GET_SEALS only reads.
+    check(unsafe { libc::fcntl(fd, libc::F_GET_SEALS) })
+}
+
+pub fn socketpair_stream() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid out-array of two ints.
+    check(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Blocks or unblocks signals for the calling thread.
+pub fn set_signal_mask(how: libc::c_int, signals: &[libc::c_int]) -> io::Result<()> {
+    // SAFETY: set is initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in signals {
+            libc::sigaddset(&mut set, *s);
+        }
+        check(libc::pthread_sigmask(how, &set, std::ptr::null_mut()))?;
+    }
+    Ok(())
+}
+
+/// Clears the signal mask inherited across exec, so the container's process
+/// starts with every signal deliverable.
+pub fn unblock_all_signals() -> io::Result<()> {
+    // SAFETY: an empty set is a valid mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        check(libc::pthread_sigmask(
+            libc::SIG_SETMASK,
+            &set,
+            std::ptr::null_mut(),
+        ))?;
+    }
+    Ok(())
+}
+
+/// Waits for one of the blocked `signals`, up to `timeout_ms`.
+pub fn wait_signal(signals: &[libc::c_int], timeout_ms: i64) -> io::Result<Option<libc::c_int>> {
+    // SAFETY: set is initialised; info and ts are valid for the call.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in signals {
+            libc::sigaddset(&mut set, *s);
+        }
+        let ts = libc::timespec {
+            tv_sec: timeout_ms / 1000,
+            tv_nsec: (timeout_ms % 1000) * 1_000_000,
+        };
+        let r = libc::sigtimedwait(&set, std::ptr::null_mut(), &ts);
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        Ok(Some(r))
+    }
+}
+
+pub fn isatty(fd: RawFd) -> bool {
+    // SAFETY: isatty only inspects the descriptor.
+    unsafe { libc::isatty(fd) == 1 }
+}
+
+/// Reads the start time of `pid` (field 22 of /proc/PID/stat, in clock
+/// ticks since boot), which with the pid identifies a process uniquely.
+pub fn process_start_time(pid: libc::pid_t) -> io::Result<(u64, char)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_proc_stat(&stat).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unparsable /proc/{pid}/stat"),
+        )
+    })
+}
+
+/// Splits /proc/PID/stat into (start time, state). The command name may hold
+/// spaces and parentheses, so fields are counted from the last ')'.
+pub fn parse_proc_stat(stat: &str) -> Option<(u64, char)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3, starttime field 22 (1-based).
+    let state = fields.first()?.chars().next()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((start, state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_stat_with_odd_command_names() {
+        let line = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10 18446744073709551615";
+        assert_eq!(parse_proc_stat(line), Some((98765, 'S')));
+        assert_eq!(parse_proc_stat("garbage"), None);
+    }
+
+    #[test]
+    fn exit_status_follows_shell_convention() {
+        assert_eq!(Exit::Code(3).status(), 3);
+        assert_eq!(Exit::Signal(9).status(), 137);
+    }
+}
