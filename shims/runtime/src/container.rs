@@ -93,7 +93,7 @@ impl Runtime {
             .cgroups_path()
             .as_ref()
             .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_else(|| format!("/husk/{id}"));
+            .unwrap_or_else(|| format!("/husk-{id}"));
         let cgroup = Cgroup::new(Hierarchy::detect()?, &cgroup_path)?;
         cgroup.create()?;
         cleanup.cgroup = Some(cgroup.clone());
@@ -473,7 +473,12 @@ fn rootfs_plan(
         mounts,
         devices,
         in_user_namespace: namespaces.in_user_namespace(),
-        cgroup: cgroup_mount_source(cgroup, namespaces.creates(LinuxNamespaceType::Cgroup)),
+        // cgroup v1 hierarchies cannot be mounted from a user namespace.
+        cgroup: cgroup_mount_source(
+            cgroup,
+            namespaces.creates(LinuxNamespaceType::Cgroup)
+                && (cgroup.hierarchy().is_v2() || !namespaces.in_user_namespace()),
+        ),
         propagation: mounts::rootfs_propagation(linux.rootfs_propagation().as_deref())?,
         masked_paths: linux
             .masked_paths()

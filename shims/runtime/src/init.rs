@@ -99,12 +99,20 @@ pub fn main() -> ! {
         Ok(()) => 0,
         Err(e) => {
             let _ = channel.send(&Message::Failed {
-                message: e.to_string(),
+                message: failure_message(&e),
             });
             1
         }
     };
     std::process::exit(code)
+}
+
+/// The runtime wraps the message as an init failure; don't say it twice.
+fn failure_message(e: &Error) -> String {
+    match e {
+        Error::Init(m) => m.clone(),
+        other => other.to_string(),
+    }
 }
 
 fn expect(channel: &mut Channel, what: &str) -> Result<Message> {
@@ -120,6 +128,16 @@ fn intermediate(channel: &mut Channel) -> Result<()> {
     sys::unblock_all_signals().context(|| "reset signal mask".into())?;
     let Message::Config(config) = expect(channel, "its configuration")? else {
         return Err(Error::Init("expected the init configuration first".into()));
+    };
+    // Opened read-write before any namespace or id change: afterwards the
+    // init may be an unprivileged host uid that cannot reach the state dir.
+    // Read-write never blocks; the init's blocking read waits for `start`.
+    let exec_fifo = match &config.create {
+        Some(create) => Some(
+            sys::open(&create.exec_fifo, libc::O_RDWR)
+                .context(|| format!("open exec fifo {}", create.exec_fifo.display()))?,
+        ),
+        None => None,
     };
     let plan = &config.namespaces;
     namespaces::join(&plan.join)?;
@@ -146,12 +164,12 @@ fn intermediate(channel: &mut Channel) -> Result<()> {
     match sys::fork().context(|| "fork the container init".into())? {
         sys::Fork::Parent(pid) => channel.send(&Message::InitPid { pid }),
         sys::Fork::Child => {
-            let err = match container_init(channel, &config) {
+            let err = match container_init(channel, &config, exec_fifo) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
             let _ = channel.send(&Message::Failed {
-                message: err.to_string(),
+                message: failure_message(&err),
             });
             // After Ready the runtime is gone; the container's stderr is all we have.
             eprintln!("husk-runtime init: {err}");
@@ -160,7 +178,11 @@ fn intermediate(channel: &mut Channel) -> Result<()> {
     }
 }
 
-fn container_init(channel: &mut Channel, config: &InitConfig) -> Result<std::convert::Infallible> {
+fn container_init(
+    channel: &mut Channel,
+    config: &InitConfig,
+    fifo: Option<OwnedFd>,
+) -> Result<std::convert::Infallible> {
     // Until the runtime has read the intermediate's last message, writing
     // here could interleave with it.
     match expect(channel, "the go-ahead")? {
@@ -170,14 +192,7 @@ fn container_init(channel: &mut Channel, config: &InitConfig) -> Result<std::con
     sys::setsid().context(|| "setsid".into())?;
     let process = &config.process;
     let mut state_json = String::new();
-    let mut fifo = None;
     if let Some(create) = &config.create {
-        // Opened read-write before pivot_root: it never blocks, and the
-        // blocking read below waits for `start` to write a byte.
-        fifo = Some(
-            sys::open(&create.exec_fifo, libc::O_RDWR)
-                .context(|| format!("open exec fifo {}", create.exec_fifo.display()))?,
-        );
         rootfs::prepare(&create.rootfs)?;
         channel.send(&Message::RunCreateRuntimeHooks)?;
         match expect(channel, "createRuntime hooks")? {

@@ -1,0 +1,76 @@
+//! Summaries of timing samples for the benchmarks.
+
+use std::time::Duration;
+
+/// Median and spread of a set of samples, in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Summary {
+    pub n: usize,
+    pub min: f64,
+    pub p10: f64,
+    pub median: f64,
+    pub p90: f64,
+    pub max: f64,
+}
+
+impl Summary {
+    /// Summarizes `samples`; `None` if there are none.
+    pub fn of(samples: &[Duration]) -> Option<Summary> {
+        let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        if ms.is_empty() {
+            return None;
+        }
+        ms.sort_by(f64::total_cmp);
+        Some(Summary {
+            n: ms.len(),
+            min: ms[0],
+            p10: percentile(&ms, 10.0),
+            median: percentile(&ms, 50.0),
+            p90: percentile(&ms, 90.0),
+            max: ms[ms.len() - 1],
+        })
+    }
+}
+
+/// The `p`th percentile (0..=100) of sorted, non-empty `sorted`, linearly
+/// interpolated between the two nearest ranks (numpy's default method).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    assert!(!sorted.is_empty(), "percentile of no samples");
+    let rank = (p / 100.0).clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
+    let lo = rank.floor() as usize;
+    let hi = rank.ceil() as usize;
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(v: &[u64]) -> Vec<Duration> {
+        v.iter().map(|&m| Duration::from_millis(m)).collect()
+    }
+
+    #[test]
+    fn percentiles_interpolate() {
+        let s = Summary::of(&ms(&[10, 1, 2, 3, 4, 5, 6, 7, 8, 9])).unwrap();
+        assert_eq!(s.n, 10);
+        assert_eq!(s.min, 1.0);
+        assert_eq!(s.max, 10.0);
+        assert!((s.median - 5.5).abs() < 1e-9, "{s:?}");
+        assert!((s.p10 - 1.9).abs() < 1e-9, "{s:?}");
+        assert!((s.p90 - 9.1).abs() < 1e-9, "{s:?}");
+    }
+
+    #[test]
+    fn odd_count_median_is_middle() {
+        let s = Summary::of(&ms(&[3, 1, 2])).unwrap();
+        assert_eq!(s.median, 2.0);
+    }
+
+    #[test]
+    fn single_and_empty() {
+        let s = Summary::of(&ms(&[7])).unwrap();
+        assert_eq!((s.p10, s.median, s.p90), (7.0, 7.0, 7.0));
+        assert!(Summary::of(&[]).is_none());
+    }
+}
