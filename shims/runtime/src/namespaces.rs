@@ -267,7 +267,7 @@ mod tests {
         let mut offs = HashMap::new();
         let mut o = LinuxTimeOffset::default();
         o.set_secs(Some(86400));
-        offs.insert("boottime".to_string(), o);
+        offs.insert("boottime".to_string(), o.clone());
         assert_eq!(format_time_offsets(&offs).unwrap(), "boottime 86400 0\n");
         offs.insert("realtime".to_string(), o);
         assert!(format_time_offsets(&offs).is_err());
