@@ -184,6 +184,7 @@ fn main() -> ExitCode {
     for c in &ready {
         println!("  {:<24} {}", c.name, c.bin.display());
     }
+    print_load();
     for round in 0..WARMUP + iters {
         let n = ready.len();
         for k in 0..n {
@@ -224,6 +225,30 @@ fn main() -> ExitCode {
         );
         ExitCode::from(2)
     }
+}
+
+/// The load average: numbers taken on a busy machine are not comparable
+/// with quiet ones (the ratios, taken round-robin, hold up better).
+fn print_load() {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let one: f64 = load
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let busy = if one > cpus as f64 * 0.5 {
+        " (busy machine: expect noise; compare ratios, not absolute times)"
+    } else {
+        ""
+    };
+    println!(
+        "  load average {} on {cpus} CPUs{busy}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
 }
 
 /// The contenders found, and those missing with the reason.

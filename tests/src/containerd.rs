@@ -53,6 +53,8 @@ pub struct Containerd {
     dir: TempDir,
     opts: ContainerdOptions,
     child: Option<Child>,
+    containerd_bin: PathBuf,
+    ctr_bin: PathBuf,
 }
 
 impl Containerd {
@@ -65,8 +67,8 @@ impl Containerd {
 
     /// Starts containerd with `opts`.
     pub fn start_with(opts: ContainerdOptions) -> Containerd {
-        host::require_command("containerd");
-        host::require_command("ctr");
+        let containerd_bin = host::require_command("containerd");
+        let ctr_bin = host::require_command("ctr");
         let dir = tempfile::Builder::new()
             .prefix("husk-containerd-")
             .tempdir()
@@ -75,6 +77,8 @@ impl Containerd {
             dir,
             opts,
             child: None,
+            containerd_bin,
+            ctr_bin,
         };
         fs::write(c.config_path(), c.config_toml())
             .unwrap_or_else(|e| panic!("writing {}: {e}", c.config_path().display()));
@@ -174,7 +178,7 @@ disabled_plugins = [{disabled}]
 
     /// `ctr -a SOCK` in the `default` namespace, to add arguments to.
     pub fn ctr_cmd(&self) -> Command {
-        let mut c = Command::new("ctr");
+        let mut c = Command::new(&self.ctr_bin);
         c.arg("-a")
             .arg(self.address())
             .env_remove("CONTAINERD_NAMESPACE")
@@ -269,7 +273,7 @@ disabled_plugins = [{disabled}]
             .iter()
             .map(PathBuf::as_path)
             .collect();
-        let mut cmd = Command::new("containerd");
+        let mut cmd = Command::new(&self.containerd_bin);
         cmd.arg("--config")
             .arg(self.config_path())
             .env("PATH", host::path_with(&prepend))

@@ -24,7 +24,8 @@ pub fn euid() -> u32 {
 }
 
 /// Returns from the calling test, after printing a `SKIP:` line naming the
-/// test (libtest names the test's thread after it), its file and line, unless the effective user is root.
+/// test (libtest names the test's thread after it), its file and line,
+/// unless the effective user is root.
 ///
 /// This is the only reason a husk integration test may skip itself; a missing
 /// tool is a failure (see [`require_command`]). The line goes straight to the

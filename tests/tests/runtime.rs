@@ -782,3 +782,87 @@ fn receive_fd(conn: &std::os::unix::net::UnixStream) -> OwnedFd {
     }
     panic!("the console socket received no descriptor");
 }
+
+#[test]
+fn joins_an_existing_network_namespace_by_path() {
+    require_root!();
+    let rt = HuskRuntime::new();
+    // The "pod sandbox": a container holding a network namespace.
+    let sandbox = unique_id("pod");
+    let sandbox_bundle = Bundle::busybox(&["sleep", "30"]);
+    let pid = start_detached(&rt, &sandbox_bundle, &sandbox);
+    let netns = format!("/proc/{pid}/ns/net");
+    let id = unique_id("member");
+    let mut bundle = Bundle::busybox(&["readlink", "/proc/self/ns/net"]);
+    bundle.update_spec(|s| {
+        let linux = s.linux_mut().as_mut().unwrap();
+        let nss = linux
+            .namespaces()
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|ns| {
+                if ns.typ() == LinuxNamespaceType::Network {
+                    LinuxNamespaceBuilder::default()
+                        .typ(LinuxNamespaceType::Network)
+                        .path(netns.clone())
+                        .build()
+                        .unwrap()
+                } else {
+                    ns
+                }
+            })
+            .collect::<Vec<_>>();
+        linux.set_namespaces(Some(nss));
+    });
+    let inside = run_ok(&rt, &bundle, &id);
+    let expected = std::fs::read_link(&netns).unwrap();
+    assert_eq!(inside.trim(), expected.to_str().unwrap());
+    rt.run_ok(&["delete", "--force", &sandbox]);
+    assert_no_leaks(&id);
+    assert_no_leaks(&sandbox);
+}
+
+#[test]
+fn time_and_cgroup_namespaces() {
+    require_root!();
+    let rt = HuskRuntime::new();
+    let id = unique_id("timens");
+    // A boot clock one day ahead, seen through /proc/uptime.
+    let mut bundle = Bundle::busybox(&["sh", "-c", "cut -d. -f1 /proc/uptime; cat /proc/self/cgroup | grep memory"]);
+    bundle.update_spec(|s| {
+        let linux = s.linux_mut().as_mut().unwrap();
+        let mut nss = linux.namespaces().clone().unwrap();
+        nss.push(LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Time).build().unwrap());
+        linux.set_namespaces(Some(nss));
+        let mut offset = oci_spec::runtime::LinuxTimeOffset::default();
+        offset.set_secs(Some(86400));
+        linux.set_time_offsets(Some([("boottime".to_string(), offset)].into()));
+    });
+    let out = run_ok(&rt, &bundle, &id);
+    let mut lines = out.lines();
+    let inside: u64 = lines.next().unwrap().trim().parse().unwrap();
+    let host: f64 = std::fs::read_to_string("/proc/uptime").unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!(inside >= host as u64 + 86400 - 5, "uptime {inside} vs host {host}");
+    // Its own cgroup namespace: the container's cgroup is its root.
+    assert_eq!(lines.next().map(|l| l.rsplit(':').next().unwrap()), Some("/"), "{out}");
+}
+
+#[test]
+fn exec_with_its_own_environment_and_capabilities() {
+    require_root!();
+    let rt = HuskRuntime::new();
+    let id = unique_id("execenv");
+    let bundle = Bundle::busybox(&["sleep", "30"]);
+    start_detached(&rt, &bundle, &id);
+    let out = rt.run_ok(&[
+        "exec", "--env", "GREETING=hello", "--cap", "CAP_NET_ADMIN", "--cwd", "/etc", &id, "sh", "-c",
+        "echo $GREETING $(pwd); grep CapEff /proc/self/status",
+    ]);
+    let text = stdout(&out);
+    assert!(text.contains("hello /etc"), "{text}");
+    let eff = text.lines().nth(1).unwrap().split_whitespace().nth(1).unwrap();
+    let eff = u64::from_str_radix(eff, 16).unwrap();
+    assert!(eff & (1 << 12) != 0, "CAP_NET_ADMIN missing from {eff:x}");
+    rt.run_ok(&["delete", "--force", &id]);
+}

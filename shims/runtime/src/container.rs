@@ -114,6 +114,7 @@ impl Runtime {
             annotations: spec.annotations().clone().unwrap_or_default(),
             cgroup: cgroup.clone(),
             hooks: spec.hooks().clone(),
+            process: Some(process.clone()),
             owner: String::new(),
         };
         // Saved before any process exists, so `delete` can always clean up.

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::Hooks;
+use oci_spec::runtime::{Hooks, Process};
 use serde::{Deserialize, Serialize};
 
 use crate::cgroups::Cgroup;
@@ -32,6 +32,9 @@ pub struct ContainerState {
     pub cgroup: Cgroup,
     /// Kept so poststop hooks run even if the bundle is gone by then.
     pub hooks: Option<Hooks>,
+    /// The container's process, the defaults for `exec` (as runc keeps it).
+    #[serde(default)]
+    pub process: Option<Process>,
     pub owner: String,
 }
 

@@ -221,7 +221,10 @@ impl Cgroup {
     /// controller (and the unified tree on hybrid hosts, best effort);
     /// cpuset.cpus/mems are copied down from the parents where empty.
     /// v2: cpu, cpuset, io, memory and pids (those the root offers) are
-    /// enabled in every ancestor's cgroup.subtree_control.
+    /// enabled in every ancestor's cgroup.subtree_control (hugetlb only on
+    /// demand, by `apply` when hugepage limits are set). Fails with a clear
+    /// error if an ancestor holds processes itself (v2 "no internal
+    /// processes" rule).
     pub fn create(&self) -> Result<(), CgroupError> {
         match &self.hierarchy {
             Hierarchy::V1 { .. } => v1::create(self),

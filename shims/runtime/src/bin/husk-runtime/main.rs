@@ -335,8 +335,7 @@ fn exec_process(rt: &Runtime, a: &ExecArgs) -> Result<Process> {
         ));
     }
     let (record, _) = rt.state(&a.id)?;
-    let spec = spec::load(&record.bundle)?;
-    let mut p = spec.process().clone().unwrap_or_default();
+    let mut p = record.process.unwrap_or_default();
     p.set_args(Some(a.command.clone()));
     p.set_terminal(Some(a.tty));
     p.set_console_size(None);
