@@ -169,7 +169,7 @@ fn main() -> ExitCode {
     for (name, why) in &broken {
         eprintln!("runtime_run: contender {name} left out: {why}");
     }
-    if ready.iter().all(|c| !c.peer) {
+    if ready.iter().all(|c| c.kind == Kind::WrapperOnly) {
         eprintln!("runtime_run: no contender can run; nothing to measure");
         return ExitCode::FAILURE;
     }

@@ -829,11 +829,20 @@ fn time_and_cgroup_namespaces() {
     let rt = HuskRuntime::new();
     let id = unique_id("timens");
     // A boot clock one day ahead, seen through /proc/uptime.
-    let mut bundle = Bundle::busybox(&["sh", "-c", "cut -d. -f1 /proc/uptime; cat /proc/self/cgroup | grep memory"]);
+    let mut bundle = Bundle::busybox(&[
+        "sh",
+        "-c",
+        "cut -d. -f1 /proc/uptime; cat /proc/self/cgroup | grep memory",
+    ]);
     bundle.update_spec(|s| {
         let linux = s.linux_mut().as_mut().unwrap();
         let mut nss = linux.namespaces().clone().unwrap();
-        nss.push(LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Time).build().unwrap());
+        nss.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Time)
+                .build()
+                .unwrap(),
+        );
         linux.set_namespaces(Some(nss));
         let mut offset = oci_spec::runtime::LinuxTimeOffset::default();
         offset.set_secs(Some(86400));
@@ -842,10 +851,23 @@ fn time_and_cgroup_namespaces() {
     let out = run_ok(&rt, &bundle, &id);
     let mut lines = out.lines();
     let inside: u64 = lines.next().unwrap().trim().parse().unwrap();
-    let host: f64 = std::fs::read_to_string("/proc/uptime").unwrap().split_whitespace().next().unwrap().parse().unwrap();
-    assert!(inside >= host as u64 + 86400 - 5, "uptime {inside} vs host {host}");
+    let host: f64 = std::fs::read_to_string("/proc/uptime")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        inside >= host as u64 + 86400 - 5,
+        "uptime {inside} vs host {host}"
+    );
     // Its own cgroup namespace: the container's cgroup is its root.
-    assert_eq!(lines.next().map(|l| l.rsplit(':').next().unwrap()), Some("/"), "{out}");
+    assert_eq!(
+        lines.next().map(|l| l.rsplit(':').next().unwrap()),
+        Some("/"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -856,12 +878,27 @@ fn exec_with_its_own_environment_and_capabilities() {
     let bundle = Bundle::busybox(&["sleep", "30"]);
     start_detached(&rt, &bundle, &id);
     let out = rt.run_ok(&[
-        "exec", "--env", "GREETING=hello", "--cap", "CAP_NET_ADMIN", "--cwd", "/etc", &id, "sh", "-c",
+        "exec",
+        "--env",
+        "GREETING=hello",
+        "--cap",
+        "CAP_NET_ADMIN",
+        "--cwd",
+        "/etc",
+        &id,
+        "sh",
+        "-c",
         "echo $GREETING $(pwd); grep CapEff /proc/self/status",
     ]);
     let text = stdout(&out);
     assert!(text.contains("hello /etc"), "{text}");
-    let eff = text.lines().nth(1).unwrap().split_whitespace().nth(1).unwrap();
+    let eff = text
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap();
     let eff = u64::from_str_radix(eff, 16).unwrap();
     assert!(eff & (1 << 12) != 0, "CAP_NET_ADMIN missing from {eff:x}");
     rt.run_ok(&["delete", "--force", &id]);

@@ -18,6 +18,7 @@ use crate::launch::{self, LaunchHooks};
 use crate::mounts;
 use crate::namespaces::{self, Plan};
 use crate::rootfs::{CgroupMountSource, RootfsPlan};
+use crate::sealed_exe::SealedExe;
 use crate::spec;
 use crate::state::{self, ContainerState, StateDir, Status};
 use crate::sys;
@@ -81,6 +82,13 @@ impl Runtime {
                 "process.terminal is true but no --console-socket was given to receive the pty",
             ));
         }
+        let hierarchy = Hierarchy::detect()?;
+        // Both are slow and independent of what follows: start them now.
+        let warm_lock = {
+            let h = hierarchy.clone();
+            std::thread::spawn(move || h.prewarm_migration())
+        };
+        let sealed_exe = std::thread::spawn(|| SealedExe::current().map(|_| ()));
         self.states.claim(id)?;
         let mut cleanup = CreateCleanup {
             states: &self.states,
@@ -94,7 +102,7 @@ impl Runtime {
             .as_ref()
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_else(|| format!("/husk-{id}"));
-        let cgroup = Cgroup::new(Hierarchy::detect()?, &cgroup_path)?;
+        let cgroup = Cgroup::new(hierarchy, &cgroup_path)?;
         cgroup.create()?;
         cleanup.cgroup = Some(cgroup.clone());
         let device_nodes = devices::plan(linux.devices().as_deref().unwrap_or_default())?;
@@ -156,6 +164,10 @@ impl Runtime {
             hooks::run(HookKind::CreateRuntime, spec.hooks().as_ref(), &json)?;
             Ok(creating.oci_json(Status::Created))
         };
+        sealed_exe
+            .join()
+            .map_err(|_| Error::Init("copying the runtime binary panicked".into()))??;
+        let _ = warm_lock.join();
         let launched = launch::launch(
             config,
             &cgroup,

@@ -32,6 +32,7 @@ pub struct LaunchHooks<'a> {
 /// Starts an init with `config` and drives it until it reports ready. On
 /// failure every process it started is killed and reaped.
 pub fn launch(config: InitConfig, cgroup: &Cgroup, hooks: LaunchHooks<'_>) -> Result<Launched> {
+    let began = std::time::Instant::now();
     let exe = SealedExe::current()?;
     let (mut channel, child_end) = Channel::pair()?;
     let child_fd = child_end.raw_fd();
@@ -53,6 +54,7 @@ pub fn launch(config: InitConfig, cgroup: &Cgroup, hooks: LaunchHooks<'_>) -> Re
         .context(|| "start the container init (the sealed husk-runtime binary)".into())?;
     drop(child_end);
     let mut init_pid = None;
+    tracing::debug!(elapsed = ?began.elapsed(), "init spawned");
     let result = drive(
         &mut channel,
         config,
@@ -60,6 +62,7 @@ pub fn launch(config: InitConfig, cgroup: &Cgroup, hooks: LaunchHooks<'_>) -> Re
         intermediate.id() as i32,
         hooks,
         &mut init_pid,
+        began,
     );
     if result.is_err() {
         if let Some(pid) = init_pid {
@@ -80,10 +83,12 @@ fn drive(
     intermediate: i32,
     mut hooks: LaunchHooks<'_>,
     init_pid: &mut Option<i32>,
+    began: std::time::Instant,
 ) -> Result<Launched> {
     // Before it unshares anything, so the cgroup namespace is rooted at the
     // container's cgroup and every child inherits it.
     cgroup.add_process(intermediate)?;
+    tracing::debug!(elapsed = ?began.elapsed(), "init joined the cgroup");
     channel.send(&Message::Config(Box::new(config)))?;
     let mut console_master = None;
     loop {
@@ -92,6 +97,7 @@ fn drive(
                 "the init exited without reporting an error; see the container's stderr".into(),
             ));
         };
+        tracing::debug!(elapsed = ?began.elapsed(), message = ?msg, "from init");
         match msg {
             Message::UserNamespaceCreated => {
                 let (uids, gids) = hooks.id_maps.ok_or_else(|| {
