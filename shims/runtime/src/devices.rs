@@ -241,7 +241,7 @@ mod tests {
             r.set_access(Some("rwm".into()));
             r
         };
-        let rules = cgroup_rules(&[deny_all.clone()], &defaults());
+        let rules = cgroup_rules(std::slice::from_ref(&deny_all), &defaults());
         assert_eq!(rules[0], deny_all);
         let text: Vec<String> = rules.iter().map(|r| r.to_string()).collect();
         assert!(text.contains(&"c 1:3 rwm".to_string()), "{text:?}");

@@ -532,7 +532,7 @@ fn update(rt: &Runtime, a: UpdateArgs) -> Result<()> {
         None => LinuxResources::default(),
     };
     if a.memory.is_some() || a.memory_swap.is_some() {
-        let mut m = r.memory().clone().unwrap_or_default();
+        let mut m = (*r.memory()).unwrap_or_default();
         if a.memory.is_some() {
             m.set_limit(a.memory);
         }
