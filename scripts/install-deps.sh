@@ -27,7 +27,7 @@ fi
 APT_PACKAGES=(
     containerd runc crun busybox-static umoci skopeo docker-registry hyperfine
     iproute2 libseccomp-dev pkg-config e2fsprogs procps util-linux
-    ca-certificates curl git build-essential
+    ca-certificates curl git build-essential python3
 )
 
 missing=()
