@@ -69,7 +69,7 @@ for p in /proc/[0-9]*; do
     name=${name% (deleted)}
     cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
     case $name in
-    husk-runtime | husk | huskd | containerd-shim-husk*)
+    husk-runtime | memfd:husk-runtime | husk | huskd | containerd-shim-husk*)
         leaks+=("process: $pid $cmd") ;;
     containerd | containerd-shim-*)
         [[ $cmd == *husk-* ]] && leaks+=("process: $pid $cmd") ;;
