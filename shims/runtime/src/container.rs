@@ -26,7 +26,17 @@ use crate::sys;
 /// Where `husk-runtime` keeps state unless `--root` says otherwise.
 pub const DEFAULT_ROOT: &str = "/run/husk-runtime";
 
-#[derive(Debug, Default, Clone)]
+/// Where the container's process reads and writes. `None` fields inherit
+/// the caller's descriptor, as the CLI does; a shim passes its FIFOs or
+/// pipes here.
+#[derive(Debug, Default)]
+pub struct ProcessIo {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+#[derive(Debug, Default)]
 pub struct CreateOptions {
     pub bundle: PathBuf,
     pub console_socket: Option<PathBuf>,
@@ -36,14 +46,16 @@ pub struct CreateOptions {
     /// Keep the pty master for the caller instead of sending it to a
     /// console socket (`husk-runtime run` on a terminal).
     pub keep_console: bool,
+    pub io: ProcessIo,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct ExecOptions {
     pub console_socket: Option<PathBuf>,
     pub pid_file: Option<PathBuf>,
     pub preserve_fds: i32,
     pub keep_console: bool,
+    pub io: ProcessIo,
 }
 
 pub struct Started {
@@ -68,7 +80,7 @@ impl Runtime {
 
     /// Creates the container: namespaces, cgroup, rootfs, and an init that
     /// waits for [`Runtime::start`]. Nothing is left behind on failure.
-    pub fn create(&self, id: &str, opts: &CreateOptions) -> Result<Started> {
+    pub fn create(&self, id: &str, opts: CreateOptions) -> Result<Started> {
         spec::validate_id(id)?;
         let bundle = std::path::absolute(&opts.bundle)
             .context(|| format!("resolve bundle path {}", opts.bundle.display()))?;
@@ -175,6 +187,7 @@ impl Runtime {
                 id_maps: Some((&uid_maps, &gid_maps)),
                 create_runtime: Some(&mut run_create_runtime),
             },
+            opts.io,
         )?;
         let console_master =
             hand_over_console(launched.console_master, opts.console_socket.as_deref())?;
@@ -338,7 +351,7 @@ impl Runtime {
 
     /// Starts `process` inside the running container `id`: same
     /// namespaces and cgroup, its own user, capabilities and environment.
-    pub fn exec(&self, id: &str, process: &Process, opts: &ExecOptions) -> Result<Started> {
+    pub fn exec(&self, id: &str, process: &Process, opts: ExecOptions) -> Result<Started> {
         let (record, status) = self.state(id)?;
         match status {
             Status::Running | Status::Created => {}
@@ -373,6 +386,7 @@ impl Runtime {
                 id_maps: None,
                 create_runtime: None,
             },
+            opts.io,
         )?;
         let console_master =
             hand_over_console(launched.console_master, opts.console_socket.as_deref())?;

@@ -9,6 +9,7 @@ use oci_spec::runtime::LinuxIdMapping;
 
 use crate::cgroups::Cgroup;
 use crate::channel::Channel;
+use crate::container::ProcessIo;
 use crate::error::{Context, Error, Result};
 use crate::init::{InitConfig, Message};
 use crate::namespaces;
@@ -31,13 +32,27 @@ pub struct LaunchHooks<'a> {
 
 /// Starts an init with `config` and drives it until it reports ready. On
 /// failure every process it started is killed and reaped.
-pub fn launch(config: InitConfig, cgroup: &Cgroup, hooks: LaunchHooks<'_>) -> Result<Launched> {
+pub fn launch(
+    config: InitConfig,
+    cgroup: &Cgroup,
+    hooks: LaunchHooks<'_>,
+    io: ProcessIo,
+) -> Result<Launched> {
     let began = std::time::Instant::now();
     let exe = SealedExe::current()?;
     let (mut channel, child_end) = Channel::pair()?;
     let child_fd = child_end.raw_fd();
     let preserve = config.preserve_fds;
     let mut cmd = exe.init_command();
+    if let Some(fd) = io.stdin {
+        cmd.stdin(fd);
+    }
+    if let Some(fd) = io.stdout {
+        cmd.stdout(fd);
+    }
+    if let Some(fd) = io.stderr {
+        cmd.stderr(fd);
+    }
     cmd.env(INIT_FD_ENV, child_fd.to_string());
     // SAFETY: the closure only calls fcntl, which is async-signal-safe.
     unsafe {

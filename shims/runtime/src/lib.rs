@@ -31,5 +31,5 @@ pub mod spec;
 pub mod state;
 pub mod sys;
 
-pub use container::{CreateOptions, ExecOptions, Runtime, Started};
+pub use container::{CreateOptions, ExecOptions, ProcessIo, Runtime, Started};
 pub use error::{Error, Result};

@@ -248,7 +248,7 @@ fn run(cli: Cli) -> Result<i32> {
     let rt = Runtime::new(&cli.root);
     match cli.command {
         Command::Create { create, id } => {
-            rt.create(&id, &create_options(&create, false))?;
+            rt.create(&id, create_options(&create, false))?;
         }
         Command::Start { id } => rt.start(&id)?,
         Command::State { id } => {
@@ -294,6 +294,7 @@ fn create_options(a: &CreateArgs, keep_console: bool) -> CreateOptions {
         no_pivot: a.no_pivot,
         preserve_fds: a.preserve_fds,
         keep_console: keep_console && a.console_socket.is_none(),
+        io: Default::default(),
     }
 }
 
@@ -395,6 +396,7 @@ fn exec(rt: &Runtime, a: ExecArgs) -> Result<i32> {
         pid_file: a.pid_file.clone(),
         preserve_fds: a.preserve_fds,
         keep_console: !a.detach && a.console_socket.is_none(),
+        io: Default::default(),
     };
     supervise::exec(rt, &a.id, &process, opts, a.detach)
 }

@@ -37,7 +37,7 @@ pub fn run(rt: &Runtime, id: &str, opts: CreateOptions, detach: bool, keep: bool
         sys::set_child_subreaper().context(|| "become a child subreaper".into())?;
     }
     let signals = block_signals()?;
-    let started = rt.create(id, &opts)?;
+    let started = rt.create(id, opts)?;
     if let Err(e) = rt.start(id) {
         let _ = rt.delete(id, true);
         return Err(e);
@@ -63,7 +63,7 @@ pub fn exec(
         sys::set_child_subreaper().context(|| "become a child subreaper".into())?;
     }
     let signals = block_signals()?;
-    let started = rt.exec(id, process, &opts)?;
+    let started = rt.exec(id, process, opts)?;
     if detach {
         return Ok(0);
     }
