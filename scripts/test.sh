@@ -68,8 +68,11 @@ for p in /proc/[0-9]*; do
     name=${exe##*/}
     name=${name% (deleted)}
     cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
+    comm=$(cat "$p/comm" 2>/dev/null) || continue
+    # A container init still waiting in the runtime's code is named husk-init.
+    [[ $comm == husk-init ]] && name=husk-init
     case $name in
-    husk-runtime | memfd:husk-runtime | husk | huskd | containerd-shim-husk*)
+    husk-runtime | husk-init | memfd:husk-runtime | husk | huskd | containerd-shim-husk*)
         leaks+=("process: $pid $cmd") ;;
     containerd | containerd-shim-*)
         [[ $cmd == *husk-* ]] && leaks+=("process: $pid $cmd") ;;

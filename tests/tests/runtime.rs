@@ -3,6 +3,7 @@
 //! way containerd's runc shim drives it.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
@@ -697,41 +698,44 @@ fn no_runtime_descriptor_leaks_into_the_container() {
 }
 
 #[test]
-fn init_runs_from_a_sealed_copy_of_the_runtime() {
+fn runtime_binary_cannot_be_overwritten_from_a_container() {
     require_root!();
     let rt = HuskRuntime::new();
     let id = unique_id("sealed");
     let bundle = Bundle::busybox(&["true"]);
+    let before = std::fs::read(rt.bin()).unwrap();
     rt.run_ok(&["create", "--bundle", bundle.path().to_str().unwrap(), &id]);
     // In created state the init is still runtime code, inside the container.
     let pid = rt.state(&id)["pid"].as_i64().unwrap();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm.trim(), "husk-init");
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
-    assert!(
-        exe.to_string_lossy().starts_with("/memfd:husk-runtime"),
-        "{}",
-        exe.display()
-    );
-    // Writing through /proc/PID/exe, the CVE-2019-5736 attack, fails.
-    let w = std::fs::OpenOptions::new()
-        .write(true)
-        .open(format!("/proc/{pid}/exe"));
-    assert!(w.is_err(), "the init's executable is writable");
-    let before = std::fs::read(rt.bin()).unwrap();
-    // From inside the container too: root in the container tries the same.
-    let out = rt.output(&[
-        "exec",
-        &id,
-        "sh",
-        "-c",
-        "echo pwned > /proc/1/exe && echo wrote",
-    ]);
+    assert_ne!(exe, rt.bin(), "the init executes the runtime's file on disk");
+
+    // Root in the container tries to write through /proc/1/exe.
+    let out = rt.output(&["exec", &id, "sh", "-c", "echo pwned > /proc/1/exe && echo wrote"]);
     assert!(!stdout(&out).contains("wrote"), "{}", stdout(&out));
-    assert_eq!(
-        std::fs::read(rt.bin()).unwrap(),
-        before,
-        "the runtime binary changed"
-    );
+
+    // CVE-2019-5736 proper: keep a handle on the init's executable, wait
+    // until nothing executes it any more (so ETXTBSY no longer protects
+    // it), then reopen it for writing.
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(format!("/proc/{pid}/exe"))
+        .unwrap();
     rt.run_ok(&["delete", "--force", &id]);
+    let overwrite = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/self/fd/{}", handle.as_raw_fd()))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"pwned"));
+    let err = overwrite.expect_err("the runtime's executable was writable through its init");
+    // A read-only detached mount (EROFS), or a sealed memfd (EPERM).
+    assert!(
+        matches!(err.raw_os_error(), Some(libc::EROFS) | Some(libc::EPERM)),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(rt.bin()).unwrap(), before, "the runtime binary changed");
     assert_no_leaks(&id);
 }
 

@@ -190,6 +190,11 @@ pub fn set_keep_caps(keep: bool) -> io::Result<()> {
     prctl(libc::PR_SET_KEEPCAPS, keep as libc::c_ulong)
 }
 
+/// Sets the process name `ps` and /proc/PID/comm show (at most 15 bytes).
+pub fn set_process_name(name: &CStr) -> io::Result<()> {
+    prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong)
+}
+
 pub fn set_child_subreaper() -> io::Result<()> {
     prctl(libc::PR_SET_CHILD_SUBREAPER, 1)
 }
@@ -439,6 +444,54 @@ pub fn sealed_memfd_copy(name: &CStr, source: &Path) -> io::Result<OwnedFd> {
     Ok(memfd)
 }
 
+/// A read-only, detached bind mount of the file at `path` (open_tree +
+/// mount_setattr). The mount is never attached to any namespace, so no
+/// container can see or remount it, and every write to the file through it
+/// fails with EROFS; unlike a memfd copy it costs no copying.
+pub fn readonly_detached_mount(path: &Path) -> io::Result<OwnedFd> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    const MOUNT_ATTR_NOSUID: u64 = 0x2;
+    const MOUNT_ATTR_NODEV: u64 = 0x4;
+    let p = cstr(path)?;
+    // SAFETY: p is a live C string; on success we own the returned fd.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    } as libc::c_int)?;
+    // SAFETY: fd was just returned by open_tree.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: attr is a valid mount_attr of the size we pass.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    } as libc::c_int)?;
+    Ok(tree)
+}
+
 /// The seals set on a memfd (F_GET_SEALS).
 pub fn memfd_seals(fd: RawFd) -> io::Result<libc::c_int> {
     // SAFETY: F_GET_SEALS only reads.
@@ -552,6 +605,24 @@ mod tests {
         let line = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10 18446744073709551615";
         assert_eq!(parse_proc_stat(line), Some((98765, 'S')));
         assert_eq!(parse_proc_stat("garbage"), None);
+    }
+
+    #[test]
+    fn sealed_memfd_copy_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("bin");
+        std::fs::write(&src, b"binary contents").unwrap();
+        let memfd = sealed_memfd_copy(c"test", &src).unwrap();
+        let seals = memfd_seals(memfd.as_raw_fd()).unwrap();
+        assert_ne!(seals & libc::F_SEAL_WRITE, 0);
+        let path = format!("/proc/self/fd/{}", memfd.as_raw_fd());
+        assert_eq!(std::fs::read(&path).unwrap(), b"binary contents");
+        // Opening for writing may succeed; writing, truncating or growing never does.
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let err = std::io::Write::write_all(&mut f, b"pwned").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+        let err = std::fs::write(&path, b"pwned").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM));
     }
 
     #[test]

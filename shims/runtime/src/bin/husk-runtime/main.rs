@@ -222,6 +222,8 @@ fn main() -> ExitCode {
         .nth(1)
         .is_some_and(|a| a == sealed_exe::INIT_ARG)
     {
+        // Executed through /proc/self/fd/N, the name would be a number.
+        let _ = husk_runtime::sys::set_process_name(c"husk-init");
         husk_runtime::init::main();
     }
     let cli = Cli::parse();
