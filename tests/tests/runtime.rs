@@ -710,10 +710,20 @@ fn runtime_binary_cannot_be_overwritten_from_a_container() {
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
     assert_eq!(comm.trim(), "husk-init");
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
-    assert_ne!(exe, rt.bin(), "the init executes the runtime's file on disk");
+    assert_ne!(
+        exe,
+        rt.bin(),
+        "the init executes the runtime's file on disk"
+    );
 
     // Root in the container tries to write through /proc/1/exe.
-    let out = rt.output(&["exec", &id, "sh", "-c", "echo pwned > /proc/1/exe && echo wrote"]);
+    let out = rt.output(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "echo pwned > /proc/1/exe && echo wrote",
+    ]);
     assert!(!stdout(&out).contains("wrote"), "{}", stdout(&out));
 
     // CVE-2019-5736 proper: keep a handle on the init's executable, wait
@@ -735,7 +745,11 @@ fn runtime_binary_cannot_be_overwritten_from_a_container() {
         matches!(err.raw_os_error(), Some(libc::EROFS) | Some(libc::EPERM)),
         "{err}"
     );
-    assert_eq!(std::fs::read(rt.bin()).unwrap(), before, "the runtime binary changed");
+    assert_eq!(
+        std::fs::read(rt.bin()).unwrap(),
+        before,
+        "the runtime binary changed"
+    );
     assert_no_leaks(&id);
 }
 

@@ -219,3 +219,31 @@ fn missing_executable_fails_create_not_start() {
         "{err}"
     );
 }
+
+#[test]
+fn errors_reach_a_json_log_as_containerd_reads_them() {
+    require_root!();
+    let rt = HuskRuntime::new();
+    let id = unique_id("jsonlog");
+    let bundle = Bundle::busybox(&["true"]);
+    std::fs::remove_dir_all(bundle.rootfs()).unwrap();
+    let log = bundle.path().join("log.json");
+    let out = rt.output(&[
+        "--log",
+        log.to_str().unwrap(),
+        "--log-format",
+        "json",
+        "create",
+        "--bundle",
+        bundle.path().to_str().unwrap(),
+        &id,
+    ]);
+    assert!(!out.status.success());
+    // containerd's runc shim takes the last line with level "error".
+    let text = std::fs::read_to_string(&log).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["level"], "error", "{text}");
+    assert!(last["msg"].as_str().unwrap().contains("rootfs"), "{text}");
+    assert!(last["time"].as_str().unwrap().contains('T'), "{text}");
+    assert_no_leaks(&id);
+}
