@@ -492,6 +492,103 @@ pub fn readonly_detached_mount(path: &Path) -> io::Result<OwnedFd> {
     Ok(tree)
 }
 
+/// bpf(2) with an attribute block (a `union bpf_attr`, zero-padded).
+fn bpf(cmd: libc::c_int, attr: &mut [u8; 128]) -> io::Result<libc::c_int> {
+    // SAFETY: attr is a zeroed bpf_attr of the size we pass; the kernel
+    // reads and writes within it.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as libc::c_int)
+}
+
+fn put_u32(attr: &mut [u8; 128], at: usize, v: u32) {
+    attr[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+}
+
+fn put_u64(attr: &mut [u8; 128], at: usize, v: u64) {
+    attr[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+}
+
+const BPF_PROG_LOAD: libc::c_int = 5;
+const BPF_PROG_ATTACH: libc::c_int = 8;
+const BPF_PROG_DETACH: libc::c_int = 9;
+const BPF_PROG_GET_FD_BY_ID: libc::c_int = 13;
+const BPF_PROG_QUERY: libc::c_int = 16;
+const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+const BPF_CGROUP_DEVICE: u32 = 6;
+const BPF_F_ALLOW_MULTI: u32 = 2;
+
+/// Loads a cgroup device program (raw 8-byte instructions). On a verifier
+/// rejection the error carries the verifier's log.
+pub fn bpf_load_cgroup_device(insns: &[u64]) -> io::Result<OwnedFd> {
+    let mut log = vec![0u8; 64 * 1024];
+    let license = c"Apache-2.0";
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, BPF_PROG_TYPE_CGROUP_DEVICE);
+    put_u32(&mut attr, 4, insns.len() as u32);
+    put_u64(&mut attr, 8, insns.as_ptr() as u64);
+    put_u64(&mut attr, 16, license.as_ptr() as u64);
+    put_u32(&mut attr, 24, 1);
+    put_u32(&mut attr, 28, log.len() as u32);
+    put_u64(&mut attr, 32, log.as_mut_ptr() as u64);
+    match bpf(BPF_PROG_LOAD, &mut attr) {
+        // SAFETY: the kernel returned a new program descriptor we now own.
+        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+        Err(e) => {
+            let end = log.iter().position(|b| *b == 0).unwrap_or(0);
+            let text = String::from_utf8_lossy(&log[..end]);
+            Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "{e}{}{}",
+                    if text.is_empty() { "" } else { "; verifier: " },
+                    text.trim()
+                ),
+            ))
+        }
+    }
+}
+
+/// Ids of the device programs attached to the cgroup `cgroup`.
+pub fn bpf_cgroup_device_programs(cgroup: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    let mut ids = vec![0u32; 64];
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, cgroup.as_raw_fd() as u32);
+    put_u32(&mut attr, 4, BPF_CGROUP_DEVICE);
+    put_u64(&mut attr, 16, ids.as_mut_ptr() as u64);
+    put_u32(&mut attr, 24, ids.len() as u32);
+    bpf(BPF_PROG_QUERY, &mut attr)?;
+    let count = u32::from_ne_bytes(attr[24..28].try_into().unwrap_or_default()) as usize;
+    ids.truncate(count.min(64));
+    Ok(ids)
+}
+
+/// Attaches `prog` to the cgroup, alongside (not instead of) what is there.
+pub fn bpf_attach_cgroup_device(cgroup: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, cgroup.as_raw_fd() as u32);
+    put_u32(&mut attr, 4, prog.as_raw_fd() as u32);
+    put_u32(&mut attr, 8, BPF_CGROUP_DEVICE);
+    put_u32(&mut attr, 12, BPF_F_ALLOW_MULTI);
+    bpf(BPF_PROG_ATTACH, &mut attr).map(|_| ())
+}
+
+/// Detaches the program with id `id` from the cgroup.
+pub fn bpf_detach_cgroup_device(cgroup: BorrowedFd<'_>, id: u32) -> io::Result<()> {
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, id);
+    let prog = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)?;
+    // SAFETY: the kernel returned a new program descriptor we now own.
+    let prog = unsafe { OwnedFd::from_raw_fd(prog) };
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, cgroup.as_raw_fd() as u32);
+    put_u32(&mut attr, 4, prog.as_raw_fd() as u32);
+    put_u32(&mut attr, 8, BPF_CGROUP_DEVICE);
+    bpf(BPF_PROG_DETACH, &mut attr).map(|_| ())
+}
+
 /// The seals set on a memfd (F_GET_SEALS).
 pub fn memfd_seals(fd: RawFd) -> io::Result<libc::c_int> {
     // SAFETY: F_GET_SEALS only reads.

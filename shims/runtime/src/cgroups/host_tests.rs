@@ -274,3 +274,68 @@ fn host_v2_code_on_unified_tree() {
     assert!(!cg.exists());
     assert_eq!(leftovers(&name), Vec::<PathBuf>::new());
 }
+
+/// cgroup v2 device rules are an eBPF program: a process in the cgroup may
+/// open the allowed /dev/null and not /dev/zero. Driven against the real
+/// cgroup2 tree (the unified mount on hybrid hosts, the root on v2 hosts).
+#[test]
+fn host_v2_device_rules_are_enforced() {
+    if !is_root() && skip("not root") {
+        return;
+    }
+    let Ok(h) = Hierarchy::detect() else {
+        skip("no cgroup filesystem");
+        return;
+    };
+    let Some(unified) = h.unified_root() else {
+        skip("no cgroup2 tree on this host");
+        return;
+    };
+    let name = unique_name();
+    let v2 = Hierarchy::V2 {
+        root: unified.to_path_buf(),
+    };
+    let cg = Cgroup::new(v2, &name).unwrap();
+    let _guard = Guard {
+        child: None,
+        cgroups: vec![cg.clone()],
+    };
+    cg.create().expect("create");
+    cg.apply(&resources(
+        r#"{"devices": [
+            {"allow": false, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}
+        ]}"#,
+    ))
+    .expect("apply device rules");
+    // Apply again: the old program is replaced, not stacked.
+    cg.apply(&resources(
+        r#"{"devices": [
+            {"allow": false, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}
+        ]}"#,
+    ))
+    .expect("re-apply device rules");
+    let dir = unified.join(&name);
+    let fd = crate::sys::open_dir(&dir).unwrap();
+    assert_eq!(
+        crate::sys::bpf_cgroup_device_programs(std::os::fd::AsFd::as_fd(&fd))
+            .unwrap()
+            .len(),
+        1
+    );
+    // The shell moves itself into the cgroup, then tries both devices.
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && (cat /dev/null && echo null-ok); (head -c1 /dev/zero >/dev/null && echo zero-ok) 2>&1",
+        dir.display()
+    );
+    let out = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("null-ok"), "{text}");
+    assert!(!text.contains("zero-ok"), "/dev/zero was allowed: {text}");
+    assert!(text.contains("Operation not permitted"), "{text}");
+}

@@ -14,14 +14,14 @@
 //! hugepage limits are written there.
 //!
 //! What is not done: no systemd cgroup driver (a `slice:prefix:name`
-//! cgroupsPath is refused with a clear error); cgroup v2 device control needs
-//! an eBPF program and is skipped with one warning (the runtime still creates
-//! only the allowed device nodes); `linux.resources.network` (net_cls /
-//! net_prio) has no v2 equivalent and is skipped there with a warning.
+//! cgroupsPath is refused with a clear error); `linux.resources.network`
+//! (net_cls / net_prio) has no v2 equivalent and is skipped there with a
+//! warning. Device rules on v2 become an eBPF program (`device_filter`).
 //!
 //! All filesystem access goes through the `fs` helpers, which take full
 //! paths: tests run everything against a fake tree in a tempdir.
 
+mod device_filter;
 mod fs;
 mod mountinfo;
 mod stats;
@@ -464,6 +464,11 @@ pub enum CgroupError {
     SystemdPath { path: String },
     #[error("invalid linux.resources: {0}")]
     InvalidResources(String),
+    #[error(
+        "cannot enforce linux.resources.devices on cgroup v2 at {path}: {reason}; the \
+         kernel needs CONFIG_CGROUP_BPF and the runtime CAP_BPF/CAP_SYS_ADMIN"
+    )]
+    DeviceFilter { path: PathBuf, reason: String },
     #[error("{what} is not supported on {on}: {hint}")]
     Unsupported {
         what: String,

@@ -1,11 +1,7 @@
 //! cgroup v2 (unified hierarchy).
 //!
-//! Device control: cgroup v2 has no devices.allow/deny files; the kernel
-//! wants an eBPF program (BPF_CGROUP_DEVICE) attached to the cgroup. husk
-//! does not load one yet: `linux.resources.devices` is skipped with a single
-//! warning per process. The container still only sees the device nodes the
-//! runtime creates in its /dev, but a process with CAP_MKNOD could make and
-//! open others.
+//! Device control: cgroup v2 has no devices.allow/deny files; the device
+//! rules become an eBPF program attached to the cgroup (`device_filter`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -25,7 +21,6 @@ use super::{
 /// Controllers [`create`] enables for containers when the root offers them.
 pub(crate) const DEFAULT_CONTROLLERS: &[&str] = &["cpu", "cpuset", "io", "memory", "pids"];
 
-static DEVICES_WARNING: Once = Once::new();
 static NETWORK_WARNING: Once = Once::new();
 
 fn errno(e: &CgroupError) -> Option<i32> {
@@ -137,13 +132,8 @@ pub(super) fn apply(root: &Path, rel: &str, r: &LinuxResources) -> Result<(), Cg
     if let Some(u) = r.unified() {
         unified(&dir, u)?;
     }
-    if r.devices().as_ref().is_some_and(|d| !d.is_empty()) {
-        DEVICES_WARNING.call_once(|| {
-            tracing::warn!(
-                "cgroup v2: linux.resources.devices ignored (device control needs an eBPF \
-                 program, not implemented); containers rely on their /dev contents only"
-            )
-        });
+    if let Some(devices) = r.devices().as_ref().filter(|d| !d.is_empty()) {
+        super::device_filter::apply(&dir, devices)?;
     }
     if r.network().is_some() {
         NETWORK_WARNING.call_once(|| {
@@ -568,11 +558,14 @@ mod tests {
             .apply(&resources(r#"{"cpu": {"realtimeRuntime": 1000}}"#))
             .unwrap_err();
         assert!(e.to_string().contains("cgroup v2"), "{e}");
-        // devices are skipped (warned), not an error
-        cg.apply(&resources(
-            r#"{"devices": [{"allow": false, "access": "rwm"}]}"#,
-        ))
-        .unwrap();
+        // Device rules need a real cgroup2 directory to attach to; a fake
+        // tree (or a runtime without CAP_BPF) gets an error, never silence.
+        let e = cg
+            .apply(&resources(
+                r#"{"devices": [{"allow": false, "access": "rwm"}]}"#,
+            ))
+            .unwrap_err();
+        assert!(e.to_string().contains("linux.resources.devices"), "{e}");
     }
 
     #[test]
