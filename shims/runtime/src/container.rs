@@ -19,6 +19,7 @@ use crate::mounts;
 use crate::namespaces::{self, Plan};
 use crate::rootfs::{CgroupMountSource, RootfsPlan};
 use crate::sealed_exe::SealedExe;
+use crate::seccomp;
 use crate::spec;
 use crate::state::{self, ContainerState, StateDir, Status};
 use crate::sys;
@@ -101,6 +102,13 @@ impl Runtime {
             std::thread::spawn(move || h.prewarm_migration())
         };
         let sealed_exe = std::thread::spawn(|| SealedExe::current().map(|_| ()));
+        // libseccomp takes milliseconds for Docker's profile (spec::validate
+        // checked it already): compile it meanwhile too.
+        let seccomp_compiling = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().clone())
+            .map(|profile| std::thread::spawn(move || seccomp::compile(&profile)));
         self.states.claim(id)?;
         let mut cleanup = CreateCleanup {
             states: &self.states,
@@ -135,6 +143,8 @@ impl Runtime {
             cgroup: cgroup.clone(),
             hooks: spec.hooks().clone(),
             process: Some(process.clone()),
+            seccomp: linux.seccomp().clone(),
+            seccomp_program: None,
             owner: String::new(),
         };
         // Saved before any process exists, so `delete` can always clean up.
@@ -143,7 +153,7 @@ impl Runtime {
         sys::mkfifo(&fifo, 0o600).context(|| format!("create exec fifo {}", fifo.display()))?;
 
         let namespaces = Plan::from_spec(&spec);
-        let config = InitConfig {
+        let mut config = InitConfig {
             time_offsets: linux.time_offsets().clone(),
             process: process.clone(),
             create: Some(CreateConfig {
@@ -165,6 +175,7 @@ impl Runtime {
             namespaces,
             console: terminal,
             preserve_fds: opts.preserve_fds + listen_fds(),
+            seccomp: None,
         };
         let uid_maps = linux.uid_mappings().clone().unwrap_or_default();
         let gid_maps = linux.gid_mappings().clone().unwrap_or_default();
@@ -180,6 +191,14 @@ impl Runtime {
             .join()
             .map_err(|_| Error::Init("copying the runtime binary panicked".into()))??;
         let _ = warm_lock.join();
+        if let Some(compiling) = seccomp_compiling {
+            config.seccomp = Some(
+                compiling
+                    .join()
+                    .map_err(|_| Error::Init("compiling the seccomp profile panicked".into()))??,
+            );
+        }
+        let seccomp_program = config.seccomp.clone();
         let launched = launch::launch(
             config,
             &cgroup,
@@ -192,6 +211,7 @@ impl Runtime {
         let console_master =
             hand_over_console(launched.console_master, opts.console_socket.as_deref())?;
         record.pid = launched.pid;
+        record.seccomp_program = seccomp_program;
         record.pid_start_time = sys::process_start_time(launched.pid)
             .context(|| format!("read start time of init {}", launched.pid))?
             .0;
@@ -378,6 +398,11 @@ impl Runtime {
             create: None,
             console: terminal,
             preserve_fds: opts.preserve_fds,
+            seccomp: match (&record.seccomp_program, &record.seccomp) {
+                (Some(program), _) => Some(program.clone()),
+                (None, Some(profile)) => Some(seccomp::compile(profile)?),
+                (None, None) => None,
+            },
         };
         let launched = launch::launch(
             config,

@@ -26,6 +26,7 @@ use crate::namespaces::{self, Plan};
 use crate::process;
 use crate::rootfs::{self, RootfsPlan};
 use crate::sealed_exe::INIT_FD_ENV;
+use crate::seccomp;
 use crate::sys;
 
 /// What the runtime tells the intermediate process to do.
@@ -40,6 +41,10 @@ pub struct InitConfig {
     pub console: bool,
     /// Descriptors 3..3+N stay open for the container's process.
     pub preserve_fds: i32,
+    /// `linux.seccomp`, compiled by the runtime, for the container's
+    /// process and every exec.
+    #[serde(default)]
+    pub seccomp: Option<seccomp::Program>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -238,6 +243,13 @@ fn container_init(
     let env = process::environment(process, || process::home_of(&passwd, process.user().uid()));
     let args = process.args().clone().unwrap_or_default();
     let program = process::find_executable(&args[0], &env, cwd)?;
+    // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN, which the
+    // credentials may drop: load it first, as runc does (the profile must
+    // then allow what follows: setgroups, setresuid, capset, prctl, execve).
+    let no_new_privs = process.no_new_privileges() == Some(true);
+    if let Some(filter) = config.seccomp.as_ref().filter(|_| !no_new_privs) {
+        filter.load()?;
+    }
     process::apply_credentials(process)?;
     channel.send(&Message::Ready)?;
 
@@ -257,5 +269,11 @@ fn container_init(
     }
     sys::cloexec_from(3 + config.preserve_fds)
         .context(|| "mark runtime descriptors close-on-exec".into())?;
-    Err(process::exec(&program, &args, &env))
+    let exec = process::Exec::prepare(&program, &args, &env)?;
+    // With no_new_privs, as late as possible: only execve follows, so the
+    // profile need not allow the runtime's own syscalls.
+    if let Some(filter) = config.seccomp.as_ref().filter(|_| no_new_privs) {
+        filter.load()?;
+    }
+    Err(exec.run())
 }

@@ -26,6 +26,7 @@ pub mod paths;
 pub mod process;
 pub mod rootfs;
 pub mod sealed_exe;
+pub mod seccomp;
 pub mod signals;
 pub mod spec;
 pub mod state;

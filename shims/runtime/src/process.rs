@@ -130,26 +130,41 @@ pub fn apply_credentials(process: &Process) -> Result<()> {
 
 /// Replaces the current process with the container's program.
 pub fn exec(program: &Path, args: &[String], env: &[String]) -> Error {
-    let to_c =
-        |s: &[u8]| CString::new(s).map_err(|_| Error::Init("argument with a NUL byte".into()));
-    let prepared = (|| -> Result<(CString, Vec<CString>, Vec<CString>)> {
-        Ok((
-            to_c(program.as_os_str().as_bytes())?,
-            args.iter()
+    match Exec::prepare(program, args, env) {
+        Ok(exec) => exec.run(),
+        Err(e) => e,
+    }
+}
+
+/// An execve with its arguments already copied, so that nothing but the
+/// execve itself runs after a seccomp filter is loaded.
+pub struct Exec {
+    program: CString,
+    args: Vec<CString>,
+    env: Vec<CString>,
+}
+
+impl Exec {
+    pub fn prepare(program: &Path, args: &[String], env: &[String]) -> Result<Exec> {
+        let to_c =
+            |s: &[u8]| CString::new(s).map_err(|_| Error::Init("argument with a NUL byte".into()));
+        Ok(Exec {
+            program: to_c(program.as_os_str().as_bytes())?,
+            args: args
+                .iter()
                 .map(|a| to_c(a.as_bytes()))
                 .collect::<Result<_>>()?,
-            env.iter()
+            env: env
+                .iter()
                 .map(|e| to_c(e.as_bytes()))
                 .collect::<Result<_>>()?,
-        ))
-    })();
-    match prepared {
-        Ok((program_c, args, env)) => Error::Init(format!(
-            "exec {}: {}",
-            program.display(),
-            sys::execve(&program_c, &args, &env)
-        )),
-        Err(e) => e,
+        })
+    }
+
+    /// Replaces the current process with the program; returns only on failure.
+    pub fn run(&self) -> Error {
+        let e = sys::execve(&self.program, &self.args, &self.env);
+        Error::Init(format!("exec {}: {e}", self.program.to_string_lossy()))
     }
 }
 

@@ -214,6 +214,9 @@ pub fn validate(spec: &Spec) -> Result<()> {
             )));
         }
     }
+    if let Some(profile) = linux.and_then(|l| l.seccomp().as_ref()) {
+        crate::seccomp::validate(profile)?;
+    }
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{Hooks, Process};
+use oci_spec::runtime::{Hooks, LinuxSeccomp, Process};
 use serde::{Deserialize, Serialize};
 
 use crate::cgroups::Cgroup;
@@ -35,6 +35,13 @@ pub struct ContainerState {
     /// The container's process, the defaults for `exec` (as runc keeps it).
     #[serde(default)]
     pub process: Option<Process>,
+    /// `linux.seccomp`, which `exec`'d processes get too (as with runc).
+    #[serde(default)]
+    pub seccomp: Option<LinuxSeccomp>,
+    /// The profile as compiled for the init, so `exec` needs no libseccomp
+    /// run (milliseconds for Docker's profile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp_program: Option<crate::seccomp::Program>,
     pub owner: String,
 }
 
