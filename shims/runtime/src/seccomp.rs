@@ -628,26 +628,9 @@ impl Program {
     /// thread with `SECCOMP_FILTER_FLAG_TSYNC`). Without no_new_privs the
     /// caller needs CAP_SYS_ADMIN in its user namespace.
     pub fn load(&self) -> Result<()> {
-        let prog = libc::sock_fprog {
-            len: self.instructions.len() as libc::c_ushort,
-            filter: self.instructions.as_ptr() as *mut libc::sock_filter,
-        };
-        // SAFETY: `prog` points at `self.instructions`, alive for the call;
-        // the kernel copies the program. (sys.rs is the home of raw
-        // syscalls; this one stays beside the only code that builds its
-        // argument.)
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                self.flags as libc::c_ulong,
-                &prog as *const libc::sock_fprog,
-            )
-        };
-        if r == 0 {
+        let Err(e) = crate::sys::seccomp_set_filter(self.flags, &self.instructions) else {
             return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
+        };
         let hint = match e.raw_os_error() {
             Some(libc::EACCES) => {
                 "; without process.noNewPrivileges loading a filter needs CAP_SYS_ADMIN"

@@ -589,6 +589,28 @@ pub fn bpf_detach_cgroup_device(cgroup: BorrowedFd<'_>, id: u32) -> io::Result<(
     bpf(BPF_PROG_DETACH, &mut attr).map(|_| ())
 }
 
+/// Installs a seccomp filter in the calling thread (seccomp(2),
+/// SECCOMP_SET_MODE_FILTER). The kernel copies the program.
+pub fn seccomp_set_filter(flags: u32, program: &[libc::sock_filter]) -> io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: program.len() as libc::c_ushort,
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `prog` points at `program`, alive for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags as libc::c_ulong,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The seals set on a memfd (F_GET_SEALS).
 pub fn memfd_seals(fd: RawFd) -> io::Result<libc::c_int> {
     // SAFETY: F_GET_SEALS only reads.
