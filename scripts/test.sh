@@ -39,6 +39,9 @@ cargo build --workspace
 log "build: husk-runtime (release)"
 cargo build --release -p husk-runtime
 
+log "build: example plugins (scripts/build-plugins.sh)"
+bash scripts/build-plugins.sh
+
 log "test: cargo nextest run --workspace --no-fail-fast $*"
 nextest_log="$(mktemp)"
 trap 'rm -f "$nextest_log"' EXIT

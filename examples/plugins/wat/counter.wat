@@ -1,0 +1,29 @@
+;; Counts its calls in a global and denies if it ever sees a count above 1:
+;; with a fresh instance per call, it must allow every time.
+;;   verdict @ 64: u8 case (0 = allow, 1 = deny), reason at +4 (ptr, len)
+(module
+  (memory (export "memory") 2)
+  (global $calls (mut i32) (i32.const 0))
+  (data (i32.const 256) "state leaked from an earlier call")
+  ;; Bump allocator the canonical ABI uses to pass the container view in.
+  (global $heap (mut i32) (i32.const 4096))
+  (func $realloc (export "cabi_realloc") (param $old i32) (param $old_size i32) (param $align i32) (param $size i32) (result i32)
+    (local $p i32)
+    (local.set $p (i32.and
+      (i32.add (global.get $heap) (i32.sub (local.get $align) (i32.const 1)))
+      (i32.sub (i32.const 0) (local.get $align))))
+    (global.set $heap (i32.add (local.get $p) (local.get $size)))
+    (block $ok
+      (br_if $ok (i32.le_u (global.get $heap) (i32.shl (memory.size) (i32.const 16))))
+      (drop (memory.grow (i32.add (i32.shr_u (i32.sub (global.get $heap) (i32.shl (memory.size) (i32.const 16))) (i32.const 16)) (i32.const 1)))))
+    (local.get $p))
+  (func (export "husk:plugin/policy-hooks@0.1.0#on-create") (param i32) (result i32)
+    (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+    (if (i32.gt_u (global.get $calls) (i32.const 1))
+      (then
+        (i32.store8 (i32.const 64) (i32.const 1))
+        (i32.store (i32.const 68) (i32.const 256))
+        (i32.store (i32.const 72) (i32.const 33))
+        (return (i32.const 64))))
+    (i32.store8 (i32.const 64) (i32.const 0))
+    (i32.const 64)))

@@ -1,0 +1,3 @@
+fn main() {
+    husk_shim::main(husk_shim::Profile::Hardened)
+}

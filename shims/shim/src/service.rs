@@ -1,0 +1,842 @@
+//! The Task service (`containerd.task.v2.Task`) over the husk runtime
+//! library, in process: no runc, no runtime binary in between.
+//!
+//! Locking: one `std::sync::Mutex` around [`ShimState`], never held across
+//! an `.await`. Runtime library calls block (they fork, wait, read
+//! cgroupfs), so they run on tokio's blocking pool. That also keeps every
+//! child the library spawns off the main thread (see `reaper.rs`).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use containerd_shim_protos::api;
+use containerd_shim_protos::events::task as ev;
+use containerd_shim_protos::shim_async::Task;
+use containerd_shim_protos::types::task::{ProcessInfo, Status as TaskStatus};
+use husk_runtime::{CreateOptions, ExecOptions, Runtime};
+use ttrpc::r#async::TtrpcContext;
+
+use crate::error::{Result, ShimError};
+use crate::events::Publisher;
+use crate::reaper::{self, Reaped};
+use crate::state::{Container, ExitRecord, Proc, ProcStatus, ShimState};
+use crate::{io, metrics, rootfs, Profile};
+
+/// Exit status reported for a process the shim had to kill itself.
+const KILLED: u32 = 128 + libc::SIGKILL as u32;
+
+/// The shim: its state and what acts on it.
+pub struct Shim {
+    pub state: Mutex<ShimState>,
+    pub runtime: Runtime,
+    pub events: Publisher,
+    /// Woken on every recorded exit (Wait).
+    pub exited: tokio::sync::Notify,
+    /// Woken when Shutdown lets the shim exit.
+    pub shutdown: tokio::sync::Notify,
+}
+
+impl Shim {
+    pub fn new(state: ShimState, events: Publisher) -> Shim {
+        let runtime = Runtime::new(state.runtime_root.clone());
+        Shim {
+            state: Mutex::new(state),
+            runtime,
+            events,
+            exited: tokio::sync::Notify::new(),
+            shutdown: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, ShimState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// SIGCHLD: reap what exited, report it, sweep orphans.
+    pub fn on_sigchld(&self) {
+        let mut st = self.lock();
+        let reaped = reaper::reap_known(&mut st);
+        for r in &reaped {
+            self.after_exit(&mut st, r);
+        }
+        reaper::sweep_orphans(&st);
+        drop(st);
+        if !reaped.is_empty() {
+            self.exited.notify_waiters();
+        }
+    }
+
+    /// Records a process found exited outside the SIGCHLD path (right
+    /// after a launch returns).
+    fn check_exited(&self, st: &mut ShimState, container: &str, exec_id: &str) {
+        let Ok(p) = st.process_mut(container, exec_id) else {
+            return;
+        };
+        if !p.is_running() {
+            return;
+        }
+        let pid = p.pid;
+        if let Some(exit) = reaper::try_wait(pid) {
+            p.exit = Some(exit);
+            let r = Reaped {
+                container: container.into(),
+                exec_id: exec_id.into(),
+                pid,
+                exit,
+            };
+            self.after_exit(st, &r);
+            self.exited.notify_waiters();
+        }
+    }
+
+    fn after_exit(&self, st: &mut ShimState, r: &Reaped) {
+        tracing::info!(
+            container = r.container,
+            exec = r.exec_id,
+            pid = r.pid,
+            status = r.exit.status,
+            "process exited"
+        );
+        let Ok(c) = st.container_mut(&r.container) else {
+            return;
+        };
+        if r.exec_id.is_empty() {
+            // The init is gone: so is the container. Processes that
+            // outlived it (no private pid namespace) go too, as with runc.
+            let _ = self.runtime.kill(&r.container, libc::SIGKILL, true);
+            if let Ok(stats) = self.runtime.stats(&r.container) {
+                if stats.oom_kills > c.oom_kills_reported {
+                    c.oom_kills_reported = stats.oom_kills;
+                    self.events.oom(ev::TaskOOM {
+                        container_id: r.container.clone(),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        let p = if r.exec_id.is_empty() {
+            &mut c.init
+        } else {
+            match c.execs.get_mut(&r.exec_id) {
+                Some(p) => p,
+                None => return,
+            }
+        };
+        p.io.stdin_stop = None;
+        p.io.output_keepalive.clear();
+        p.io.copier_stop = None;
+        if p.started && !p.exit_published {
+            p.exit_published = true;
+            self.events.task_exit(exit_event(&r.container, p));
+        }
+    }
+
+    /// Runs blocking work on tokio's blocking pool.
+    async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Shim) -> Result<T> + Send + 'static,
+    {
+        let shim = Arc::clone(self);
+        tokio::task::spawn_blocking(move || f(&shim))
+            .await
+            .map_err(|e| ShimError::Internal(format!("blocking task failed: {e}")))?
+    }
+}
+
+fn exit_event(container: &str, p: &Proc) -> ev::TaskExit {
+    let exit = p.exit.unwrap_or_else(|| ExitRecord::now(KILLED));
+    ev::TaskExit {
+        container_id: container.into(),
+        id: if p.exec_id.is_empty() {
+            container.into()
+        } else {
+            p.exec_id.clone()
+        },
+        pid: p.pid.max(0) as u32,
+        exit_status: exit.status,
+        exited_at: Some(exit.timestamp()).into(),
+        ..Default::default()
+    }
+}
+
+fn need(field: &str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(ShimError::InvalidArgument(format!(
+            "{field} must not be empty"
+        )));
+    }
+    Ok(())
+}
+
+/// The ttrpc face of [`Shim`].
+pub struct TaskService {
+    pub shim: Arc<Shim>,
+    pub profile: Profile,
+}
+
+type TtrpcResult<T> = ttrpc::Result<T>;
+
+impl TaskService {
+    async fn create_task(&self, req: api::CreateTaskRequest) -> Result<api::CreateTaskResponse> {
+        need("id", &req.id)?;
+        need("bundle", &req.bundle)?;
+        if !req.checkpoint.is_empty() {
+            return Err(ShimError::NotImplemented("restoring from a checkpoint"));
+        }
+        if self.shim.lock().containers.contains_key(&req.id) {
+            return Err(ShimError::AlreadyExists(format!(
+                "container {:?} already exists",
+                req.id
+            )));
+        }
+        let id = req.id.clone();
+        let bundle = PathBuf::from(&req.bundle);
+        let (stdin, stdout, stderr, terminal) = (
+            req.stdin.clone(),
+            req.stdout.clone(),
+            req.stderr.clone(),
+            req.terminal,
+        );
+        let mounts = req.rootfs.clone();
+        self.shim.lock().launches_in_flight += 1;
+        let result = self
+            .shim
+            .blocking({
+                let (id, bundle) = (id.clone(), bundle.clone());
+                let (stdin, stdout, stderr) = (stdin.clone(), stdout.clone(), stderr.clone());
+                move |shim| {
+                    let mounted = rootfs::mount(&bundle, &mounts)?;
+                    let created = (|| {
+                        let (pio, mut keep) = io::open(&stdin, &stdout, &stderr, terminal)?;
+                        let started = shim.runtime.create(
+                            &id,
+                            CreateOptions {
+                                bundle: bundle.clone(),
+                                keep_console: terminal,
+                                io: pio,
+                                ..Default::default()
+                            },
+                        )?;
+                        if let Some(master) = started.console_master {
+                            io::start_terminal(master, &stdin, &stdout, &mut keep)?;
+                        }
+                        Ok((started.pid, keep))
+                    })();
+                    match created {
+                        Ok((pid, keep)) => Ok((pid, keep, mounted)),
+                        Err(e) => {
+                            if let Some(m) = &mounted {
+                                rootfs::unmount(m);
+                            }
+                            Err(e)
+                        }
+                    }
+                }
+            })
+            .await;
+        let mut st = self.shim.lock();
+        st.launches_in_flight -= 1;
+        let (pid, keep, mounted) = result?;
+        let container = Container {
+            id: id.clone(),
+            bundle: bundle.clone(),
+            rootfs_mount: mounted,
+            init: Proc {
+                pid,
+                stdin: stdin.clone(),
+                stdout: stdout.clone(),
+                stderr: stderr.clone(),
+                terminal,
+                io: keep,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        st.containers.insert(id.clone(), container);
+        self.shim.check_exited(&mut st, &id, "");
+        // Orphans that died while the launch held the sweep off.
+        reaper::sweep_orphans(&st);
+        drop(st);
+        self.shim.events.task_create(ev::TaskCreate {
+            container_id: id,
+            bundle: req.bundle,
+            rootfs: req.rootfs,
+            io: Some(ev::TaskIO {
+                stdin,
+                stdout,
+                stderr,
+                terminal,
+                ..Default::default()
+            })
+            .into(),
+            pid: pid as u32,
+            ..Default::default()
+        });
+        Ok(api::CreateTaskResponse {
+            pid: pid as u32,
+            ..Default::default()
+        })
+    }
+
+    async fn start_task(&self, req: api::StartRequest) -> Result<api::StartResponse> {
+        need("id", &req.id)?;
+        if req.exec_id.is_empty() {
+            self.start_init(&req.id).await
+        } else {
+            self.start_exec(&req.id, &req.exec_id).await
+        }
+    }
+
+    async fn start_init(&self, id: &str) -> Result<api::StartResponse> {
+        {
+            let st = self.shim.lock();
+            let c = st.container(id)?;
+            if c.init.status(c.paused) != ProcStatus::Created {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "container {id:?} cannot be started: it is not in the created state"
+                )));
+            }
+        }
+        let owned = id.to_string();
+        self.shim
+            .blocking(move |shim| Ok(shim.runtime.start(&owned)?))
+            .await?;
+        let mut st = self.shim.lock();
+        let c = st.container_mut(id)?;
+        c.init.started = true;
+        let pid = c.init.pid;
+        self.shim.events.task_start(ev::TaskStart {
+            container_id: id.into(),
+            pid: pid as u32,
+            ..Default::default()
+        });
+        // An exit reaped before Start returned is reported now, after the
+        // start event, exactly once.
+        if c.init.exit.is_some() && !c.init.exit_published {
+            c.init.exit_published = true;
+            self.shim.events.task_exit(exit_event(id, &c.init));
+        }
+        self.shim.check_exited(&mut st, id, "");
+        Ok(api::StartResponse {
+            pid: pid as u32,
+            ..Default::default()
+        })
+    }
+
+    async fn start_exec(&self, id: &str, exec_id: &str) -> Result<api::StartResponse> {
+        let (spec, stdin, stdout, stderr, terminal) = {
+            let mut st = self.shim.lock();
+            let c = st.container(id)?;
+            if !c.init.is_running() {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "container {id:?} is not running"
+                )));
+            }
+            let p = st.process(id, exec_id)?;
+            if p.pid != 0 || p.exit.is_some() {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "exec {exec_id:?} was already started"
+                )));
+            }
+            let spec: oci_spec::runtime::Process =
+                serde_json::from_value(p.spec.clone().unwrap_or_default()).map_err(|e| {
+                    ShimError::InvalidArgument(format!("exec {exec_id:?}: process spec: {e}"))
+                })?;
+            let out = (
+                spec,
+                p.stdin.clone(),
+                p.stdout.clone(),
+                p.stderr.clone(),
+                p.terminal,
+            );
+            st.launches_in_flight += 1;
+            out
+        };
+        let owned = id.to_string();
+        let result = self
+            .shim
+            .blocking(move |shim| {
+                let (pio, mut keep) = io::open(&stdin, &stdout, &stderr, terminal)?;
+                let started = shim.runtime.exec(
+                    &owned,
+                    &spec,
+                    ExecOptions {
+                        keep_console: terminal,
+                        io: pio,
+                        ..Default::default()
+                    },
+                )?;
+                if let Some(master) = started.console_master {
+                    io::start_terminal(master, &stdin, &stdout, &mut keep)?;
+                }
+                Ok((started.pid, keep))
+            })
+            .await;
+        let mut st = self.shim.lock();
+        st.launches_in_flight -= 1;
+        let (pid, keep) = result?;
+        let p = st.process_mut(id, exec_id)?;
+        p.pid = pid;
+        p.io = keep;
+        p.started = true;
+        self.shim.events.exec_started(ev::TaskExecStarted {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            pid: pid as u32,
+            ..Default::default()
+        });
+        self.shim.check_exited(&mut st, id, exec_id);
+        reaper::sweep_orphans(&st);
+        Ok(api::StartResponse {
+            pid: pid as u32,
+            ..Default::default()
+        })
+    }
+
+    fn state_of(&self, req: &api::StateRequest) -> Result<api::StateResponse> {
+        let st = self.shim.lock();
+        let c = st.container(&req.id)?;
+        let p = st.process(&req.id, &req.exec_id)?;
+        let status = match p.status(c.paused) {
+            ProcStatus::Created => TaskStatus::CREATED,
+            ProcStatus::Running => TaskStatus::RUNNING,
+            ProcStatus::Paused => TaskStatus::PAUSED,
+            ProcStatus::Stopped => TaskStatus::STOPPED,
+        };
+        let mut resp = api::StateResponse {
+            id: req.id.clone(),
+            bundle: c.bundle.to_string_lossy().into_owned(),
+            pid: p.pid.max(0) as u32,
+            status: status.into(),
+            stdin: p.stdin.clone(),
+            stdout: p.stdout.clone(),
+            stderr: p.stderr.clone(),
+            terminal: p.terminal,
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        };
+        if let Some(exit) = p.exit {
+            resp.exit_status = exit.status;
+            resp.exited_at = Some(exit.timestamp()).into();
+        }
+        Ok(resp)
+    }
+
+    async fn wait_for(&self, req: &api::WaitRequest) -> Result<api::WaitResponse> {
+        loop {
+            let notified = self.shim.exited.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let st = self.shim.lock();
+                if let Some(exit) = st.process(&req.id, &req.exec_id)?.exit {
+                    return Ok(api::WaitResponse {
+                        exit_status: exit.status,
+                        exited_at: Some(exit.timestamp()).into(),
+                        ..Default::default()
+                    });
+                }
+            }
+            notified.await;
+        }
+    }
+
+    async fn kill_process(&self, req: api::KillRequest) -> Result<()> {
+        let signal = req.signal as i32;
+        let pid = {
+            let st = self.shim.lock();
+            let p = st.process(&req.id, &req.exec_id)?;
+            if !req.all && !p.is_running() {
+                return Err(ShimError::NotFound(format!(
+                    "process {:?} of container {:?} has already finished",
+                    if req.exec_id.is_empty() {
+                        &req.id
+                    } else {
+                        &req.exec_id
+                    },
+                    req.id
+                )));
+            }
+            p.pid
+        };
+        if req.exec_id.is_empty() {
+            let (id, all) = (req.id.clone(), req.all);
+            self.shim
+                .blocking(move |shim| Ok(shim.runtime.kill(&id, signal, all)?))
+                .await
+        } else {
+            husk_runtime::sys::kill(pid, signal)
+                .map_err(ShimError::io(format!("signal {signal} to pid {pid}")))
+        }
+    }
+
+    async fn delete_process(&self, req: api::DeleteRequest) -> Result<api::DeleteResponse> {
+        need("id", &req.id)?;
+        if !req.exec_id.is_empty() {
+            let mut st = self.shim.lock();
+            let c = st.container_mut(&req.id)?;
+            let p = c.execs.get(&req.exec_id).ok_or_else(|| {
+                ShimError::NotFound(format!(
+                    "exec {:?} does not exist in container {:?}",
+                    req.exec_id, req.id
+                ))
+            })?;
+            if p.is_running() {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "exec {:?} is still running; kill it first",
+                    req.exec_id
+                )));
+            }
+            let p = c.execs.remove(&req.exec_id).unwrap_or_default();
+            let exit = p.exit.unwrap_or_else(|| ExitRecord::now(0));
+            return Ok(api::DeleteResponse {
+                pid: p.pid.max(0) as u32,
+                exit_status: exit.status,
+                exited_at: Some(exit.timestamp()).into(),
+                ..Default::default()
+            });
+        }
+        let id = req.id.clone();
+        let mount = {
+            let mut st = self.shim.lock();
+            let c = st.container_mut(&id)?;
+            if c.init.started && c.init.exit.is_none() {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "container {id:?} is running; kill it before deleting it"
+                )));
+            }
+            if c.init.exit.is_none() {
+                // Created, never started: delete kills it.
+                c.init.exit = Some(ExitRecord::now(KILLED));
+            }
+            c.rootfs_mount.clone()
+        };
+        let owned = id.clone();
+        self.shim
+            .blocking(move |shim| {
+                match shim.runtime.delete(&owned, true) {
+                    Ok(()) | Err(husk_runtime::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                if let Some(m) = &mount {
+                    rootfs::unmount(m);
+                }
+                Ok(())
+            })
+            .await?;
+        let removed = self.shim.lock().containers.remove(&id);
+        self.shim.exited.notify_waiters();
+        let c = removed.ok_or_else(|| {
+            ShimError::NotFound(format!("container {id:?} was deleted concurrently"))
+        })?;
+        let exit = c.init.exit.unwrap_or_else(|| ExitRecord::now(KILLED));
+        self.shim.events.task_delete(ev::TaskDelete {
+            container_id: id.clone(),
+            pid: c.init.pid.max(0) as u32,
+            exit_status: exit.status,
+            exited_at: Some(exit.timestamp()).into(),
+            id: id.clone(),
+            ..Default::default()
+        });
+        Ok(api::DeleteResponse {
+            pid: c.init.pid.max(0) as u32,
+            exit_status: exit.status,
+            exited_at: Some(exit.timestamp()).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn exec_process(&self, req: api::ExecProcessRequest) -> Result<()> {
+        need("id", &req.id)?;
+        need("exec_id", &req.exec_id)?;
+        let spec: serde_json::Value = serde_json::from_slice(&req.spec.value).map_err(|e| {
+            ShimError::InvalidArgument(format!(
+                "exec {:?}: process spec is not JSON: {e}",
+                req.exec_id
+            ))
+        })?;
+        serde_json::from_value::<oci_spec::runtime::Process>(spec.clone()).map_err(|e| {
+            ShimError::InvalidArgument(format!("exec {:?}: process spec: {e}", req.exec_id))
+        })?;
+        let mut st = self.shim.lock();
+        let c = st.container_mut(&req.id)?;
+        if c.execs.contains_key(&req.exec_id) {
+            return Err(ShimError::AlreadyExists(format!(
+                "exec {:?} already exists in container {:?}",
+                req.exec_id, req.id
+            )));
+        }
+        if !c.init.is_running() {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {:?} is not running",
+                req.id
+            )));
+        }
+        c.execs.insert(
+            req.exec_id.clone(),
+            Proc {
+                exec_id: req.exec_id.clone(),
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+                spec: Some(spec),
+                ..Default::default()
+            },
+        );
+        drop(st);
+        self.shim.events.exec_added(ev::TaskExecAdded {
+            container_id: req.id,
+            exec_id: req.exec_id,
+            ..Default::default()
+        });
+        Ok(())
+    }
+
+    async fn pause_resume(&self, id: String, pause: bool) -> Result<()> {
+        self.shim.lock().container(&id)?;
+        let owned = id.clone();
+        self.shim
+            .blocking(move |shim| {
+                if pause {
+                    Ok(shim.runtime.pause(&owned)?)
+                } else {
+                    Ok(shim.runtime.resume(&owned)?)
+                }
+            })
+            .await?;
+        self.shim.lock().container_mut(&id)?.paused = pause;
+        if pause {
+            self.shim.events.paused(ev::TaskPaused {
+                container_id: id,
+                ..Default::default()
+            });
+        } else {
+            self.shim.events.resumed(ev::TaskResumed {
+                container_id: id,
+                ..Default::default()
+            });
+        }
+        Ok(())
+    }
+
+    async fn stats_of(&self, id: String) -> Result<api::StatsResponse> {
+        self.shim.lock().container(&id)?;
+        let any = self
+            .shim
+            .blocking(move |shim| {
+                let (record, _) = shim.runtime.state(&id)?;
+                let stats = shim.runtime.stats(&id)?;
+                metrics::to_any(&stats, record.cgroup.hierarchy().is_v2())
+            })
+            .await?;
+        Ok(api::StatsResponse {
+            stats: Some(any).into(),
+            ..Default::default()
+        })
+    }
+}
+
+#[async_trait]
+impl Task for TaskService {
+    async fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
+        Ok(self.state_of(&req)?)
+    }
+
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        let id = req.id.clone();
+        self.create_task(req).await.map_err(|e| {
+            tracing::warn!(id, "create failed: {e}");
+            e.into()
+        })
+    }
+
+    async fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
+        Ok(self.start_task(req).await?)
+    }
+
+    async fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        Ok(self.delete_process(req).await?)
+    }
+
+    async fn pids(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::PidsRequest,
+    ) -> TtrpcResult<api::PidsResponse> {
+        self.shim
+            .lock()
+            .container(&req.id)
+            .map_err(ttrpc::Error::from)?;
+        let id = req.id.clone();
+        let pids = self
+            .shim
+            .blocking(move |shim| Ok(shim.runtime.pids(&id)?))
+            .await?;
+        Ok(api::PidsResponse {
+            processes: pids
+                .into_iter()
+                .map(|pid| ProcessInfo {
+                    pid: pid as u32,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        self.pause_resume(req.id, true).await?;
+        Ok(api::Empty::new())
+    }
+
+    async fn resume(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResumeRequest,
+    ) -> TtrpcResult<api::Empty> {
+        self.pause_resume(req.id, false).await?;
+        Ok(api::Empty::new())
+    }
+
+    async fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::CheckpointTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        Err(ShimError::NotImplemented("Checkpoint").into())
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        self.kill_process(req).await?;
+        Ok(api::Empty::new())
+    }
+
+    async fn exec(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ExecProcessRequest,
+    ) -> TtrpcResult<api::Empty> {
+        self.exec_process(req).await?;
+        Ok(api::Empty::new())
+    }
+
+    async fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let st = self.shim.lock();
+        let p = st.process(&req.id, &req.exec_id)?;
+        let Some(master) = &p.io.console else {
+            return Err(ShimError::FailedPrecondition(format!(
+                "process of {:?} has no terminal",
+                req.id
+            ))
+            .into());
+        };
+        io::resize(master, req.width, req.height)?;
+        Ok(api::Empty::new())
+    }
+
+    async fn close_io(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CloseIORequest,
+    ) -> TtrpcResult<api::Empty> {
+        let mut st = self.shim.lock();
+        let p = st.process_mut(&req.id, &req.exec_id)?;
+        if req.stdin {
+            p.io.stdin_stop = None;
+        }
+        Ok(api::Empty::new())
+    }
+
+    async fn update(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::UpdateTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        self.shim
+            .lock()
+            .container(&req.id)
+            .map_err(ttrpc::Error::from)?;
+        let resources: oci_spec::runtime::LinuxResources =
+            serde_json::from_slice(&req.resources.value).map_err(|e| {
+                ShimError::InvalidArgument(format!("update {:?}: resources: {e}", req.id))
+            })?;
+        let id = req.id.clone();
+        self.shim
+            .blocking(move |shim| Ok(shim.runtime.update(&id, &resources)?))
+            .await?;
+        Ok(api::Empty::new())
+    }
+
+    async fn wait(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::WaitRequest,
+    ) -> TtrpcResult<api::WaitResponse> {
+        Ok(self.wait_for(&req).await?)
+    }
+
+    async fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        Ok(self.stats_of(req.id).await?)
+    }
+
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        let st = self.shim.lock();
+        let task_pid = st
+            .containers
+            .get(&req.id)
+            .map(|c| c.init.pid.max(0) as u32)
+            .unwrap_or(0);
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: format!(
+                "husk-shim {} ({})",
+                env!("CARGO_PKG_VERSION"),
+                self.profile.name()
+            ),
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ShutdownRequest,
+    ) -> TtrpcResult<api::Empty> {
+        if self.shim.lock().containers.is_empty() {
+            self.shim.shutdown.notify_one();
+        }
+        Ok(api::Empty::new())
+    }
+}

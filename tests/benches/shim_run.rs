@@ -1,0 +1,204 @@
+//! `ctr run --rm` of /bin/true through containerd 1.6: husk's shim against
+//! containerd-shim-runc-v2 (with runc), side by side in one run, plus the
+//! resident memory and thread count of each shim per container.
+//!
+//! ```text
+//! cargo build --release -p husk-shim -p husk-runtime
+//! cargo bench -p husk-tests --bench shim_run          # as root
+//! BENCH_ITERS=50 cargo bench -p husk-tests --bench shim_run
+//! ```
+//!
+//! Round-robin, starting with a different contender each round. Timed is
+//! the whole `ctr run --rm` (client, containerd, shim start, create, start,
+//! wait, delete, shim shutdown). Memory: five `ctr run -d` containers of
+//! `sleep` per shim, then the mean VmRSS, RssAnon, Pss and Threads of the
+//! shim processes from /proc. The husk shim is `target/release/containerd-shim-husk-v2`
+//! (next to this bench executable).
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use husk_tests::runtime_bin::profile_dir_of;
+use husk_tests::stats::Summary;
+use husk_tests::{unique_id, Containerd, ContainerdOptions, ImageBuilder};
+
+const DEFAULT_ITERS: usize = 30;
+const IMAGE: &str = "husk.test/busybox:latest";
+const CONTENDERS: [(&str, &str); 2] = [
+    ("husk shim", "io.containerd.husk.v2"),
+    ("runc shim", "io.containerd.runc.v2"),
+];
+
+fn main() -> ExitCode {
+    if !husk_tests::is_root() {
+        eprintln!("SKIP: shim_run needs root");
+        return ExitCode::SUCCESS;
+    }
+    let exe = std::env::current_exe().expect("bench executable path");
+    let dir = profile_dir_of(&exe);
+    if !dir.join("containerd-shim-husk-v2").is_file() {
+        eprintln!(
+            "containerd-shim-husk-v2 not found in {}: `cargo build --release -p husk-shim` first",
+            dir.display()
+        );
+        return ExitCode::from(2);
+    }
+    husk_tests::require_command("containerd-shim-runc-v2");
+    let iters: usize = std::env::var("BENCH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_ITERS);
+    let tmp = tempfile::Builder::new()
+        .prefix("husk-bench-shim-")
+        .tempdir()
+        .unwrap();
+    let tar = tmp.path().join("busybox.tar");
+    ImageBuilder::busybox().write_tar(&tar);
+    let ctd = Containerd::start_with(ContainerdOptions {
+        path_prepend: vec![dir.clone()],
+        ..Default::default()
+    });
+    ctd.import_image(&tar, "husk.test/busybox");
+
+    // Warm up both (page cache, snapshot).
+    for (_, runtime) in CONTENDERS {
+        for _ in 0..2 {
+            run_once(&ctd, runtime);
+        }
+    }
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); CONTENDERS.len()];
+    for round in 0..iters {
+        for k in 0..CONTENDERS.len() {
+            let i = (round + k) % CONTENDERS.len();
+            samples[i].push(run_once(&ctd, CONTENDERS[i].1));
+        }
+    }
+    println!("ctr run --rm of /bin/true, {iters} runs each (ms)");
+    println!(
+        "{:<12} {:>8} {:>8} {:>8}",
+        "contender", "median", "p10", "p90"
+    );
+    let summaries: Vec<Summary> = samples.iter().map(|s| Summary::of(s).unwrap()).collect();
+    for ((name, _), s) in CONTENDERS.iter().zip(&summaries) {
+        println!("{name:<12} {:>8.1} {:>8.1} {:>8.1}", s.median, s.p10, s.p90);
+    }
+    println!(
+        "husk / runc shim: {:.2} (target <= 0.75)",
+        summaries[0].median / summaries[1].median
+    );
+
+    println!("\nper-container shim footprint (5 sleeping containers per runtime, means)");
+    println!(
+        "{:<12} {:>9} {:>10} {:>9} {:>8}",
+        "shim", "VmRSS MB", "RssAnon MB", "Pss MB", "threads"
+    );
+    let mut rss = Vec::new();
+    for (name, runtime) in CONTENDERS {
+        let f = footprint(&ctd, runtime);
+        println!(
+            "{name:<12} {:>9.1} {:>10.1} {:>9.1} {:>8.1}",
+            f.rss, f.anon, f.pss, f.threads
+        );
+        rss.push(f.rss);
+    }
+    println!(
+        "husk / runc shim VmRSS: {:.2} (target: husk <= 3 MB)",
+        rss[0] / rss[1]
+    );
+    ExitCode::SUCCESS
+}
+
+fn run_once(ctd: &Containerd, runtime: &str) -> Duration {
+    let id = unique_id("bench-shim");
+    let began = Instant::now();
+    let out = ctd.ctr(&["run", "--rm", "--runtime", runtime, IMAGE, &id, "/bin/true"]);
+    let took = began.elapsed();
+    assert!(
+        out.status.success(),
+        "{runtime}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    took
+}
+
+/// Means over the shims of one runtime. VmRSS counts the binary's mapped
+/// pages, which the page cache shares between all shims of one binary;
+/// RssAnon is what each shim has to itself; Pss splits shared pages
+/// between their users.
+struct Footprint {
+    rss: f64,
+    anon: f64,
+    pss: f64,
+    threads: f64,
+}
+
+/// The mean footprint of the shims of five sleeping containers of
+/// `runtime`.
+fn footprint(ctd: &Containerd, runtime: &str) -> Footprint {
+    let ids: Vec<String> = (0..5).map(|_| unique_id("bench-foot")).collect();
+    for id in &ids {
+        ctd.ctr_ok(&[
+            "run",
+            "-d",
+            "--runtime",
+            runtime,
+            IMAGE,
+            id,
+            "/bin/sleep",
+            "600",
+        ]);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let bin = if runtime.contains("husk") {
+        "containerd-shim-husk-v2"
+    } else {
+        "containerd-shim-runc-v2"
+    };
+    let address = ctd.address().to_string_lossy().into_owned();
+    let shims: Vec<u32> = husk_tests::leaks::processes_matching(&address)
+        .into_iter()
+        .filter(|p| p.cmdline.contains(bin))
+        .map(|p| p.pid)
+        .collect();
+    let mut sum = Footprint {
+        rss: 0.0,
+        anon: 0.0,
+        pss: 0.0,
+        threads: 0.0,
+    };
+    for pid in &shims {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let rollup =
+            std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+        let field = |text: &str, name: &str| -> f64 {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0)
+        };
+        sum.rss += field(&status, "VmRSS:") / 1024.0;
+        sum.anon += field(&status, "RssAnon:") / 1024.0;
+        sum.pss += field(&rollup, "Pss:") / 1024.0;
+        sum.threads += field(&status, "Threads:");
+    }
+    let n = shims.len().max(1) as f64;
+    assert_eq!(shims.len(), ids.len(), "one {bin} per container");
+    for id in &ids {
+        let _ = ctd.ctr(&["task", "kill", "--signal", "SIGKILL", id]);
+    }
+    for id in &ids {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ctd.ctr(&["task", "delete", id]).status.code() != Some(0) && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = ctd.ctr(&["container", "delete", id]);
+    }
+    Footprint {
+        rss: sum.rss / n,
+        anon: sum.anon / n,
+        pss: sum.pss / n,
+        threads: sum.threads / n,
+    }
+}
