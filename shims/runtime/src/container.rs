@@ -251,6 +251,7 @@ impl Runtime {
         std::fs::File::from(f)
             .write_all_once()
             .context(|| format!("signal start through {}", fifo.display()))?;
+        wait_for_exec(&fifo);
         let _ = std::fs::remove_file(&fifo);
         hooks::run_warn(
             HookKind::Poststart,
@@ -451,6 +452,28 @@ fn listen_fds() -> i32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// Waits until the init has executed the container's program (or died):
+/// poststart hooks must follow the exec, not race the init's
+/// startContainer hooks. The init holds the fifo open, close-on-exec, until
+/// then; once nothing has it open for reading, opening it for writing
+/// without blocking fails with ENXIO.
+fn wait_for_exec(fifo: &Path) {
+    loop {
+        match sys::open(fifo, libc::O_WRONLY | libc::O_NONBLOCK) {
+            Ok(fd) => drop(fd),
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return,
+            Err(e) => {
+                tracing::warn!(
+                    "waiting for the container's exec through {}: {e}",
+                    fifo.display()
+                );
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
 }
 
 /// SIGKILLs everything in the cgroup, so nothing outlives delete.
