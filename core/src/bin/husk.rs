@@ -1,0 +1,627 @@
+//! husk: the CLI. Every command is one call to huskd's API (docs/api.md).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use husk_core::api::{ContainerSummary, CreateParams, DEFAULT_SOCKET};
+use husk_core::client::{Client, ClientError};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(
+    name = "husk",
+    version,
+    about = "husk: containers from Linux primitives"
+)]
+struct Cli {
+    /// huskd's API socket.
+    #[arg(long, global = true, env = "HUSK_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Output: tables for people, JSON for scripts.
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    format: Format,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Manage images.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// List images (`image ls`).
+    Images,
+    /// Remove an image name (`image rm`).
+    Rmi { name: String },
+    /// Create and start a container.
+    Run(RunArgs),
+    /// Create a container.
+    Create(RunArgs),
+    /// Start a created container.
+    Start {
+        /// Stream its output and exit with its code.
+        #[arg(short, long)]
+        attach: bool,
+        id: String,
+    },
+    /// List containers.
+    Ps {
+        /// Stopped ones too.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// A container's output.
+    Logs {
+        #[arg(short, long)]
+        follow: bool,
+        id: String,
+    },
+    /// SIGTERM, then SIGKILL after the timeout.
+    Stop {
+        #[arg(short = 't', long = "time", default_value = "10")]
+        timeout: u64,
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Send a signal (default KILL).
+    Kill {
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Remove containers.
+    Rm {
+        /// Kill them first if they run.
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Wait for a container to exit; prints its code.
+    Wait { id: String },
+    /// A container's record, as JSON.
+    Inspect { id: String },
+    /// A container's processes.
+    Top { id: String },
+    /// Run a command in a running container; exits with its code.
+    Exec {
+        /// KEY=VALUE (repeatable).
+        #[arg(short, long = "env")]
+        env: Vec<String>,
+        #[arg(short, long)]
+        user: Option<String>,
+        #[arg(short, long)]
+        workdir: Option<String>,
+        /// Feed it this terminal's stdin.
+        #[arg(short, long)]
+        interactive: bool,
+        /// Give it a terminal.
+        #[arg(short, long)]
+        tty: bool,
+        id: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Memory, CPU and pids of running containers (one sample).
+    Stats {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Manage volumes.
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+    /// huskd's API version.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Import an OCI layout (dir or tar) or a docker-archive tar.
+    Import {
+        path: PathBuf,
+        /// Name the image (else the archive's names).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    #[command(alias = "list")]
+    Ls,
+    #[command(alias = "remove")]
+    Rm {
+        name: String,
+    },
+    /// Remove blobs and snapshots no image uses.
+    Prune,
+    Inspect {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum VolumeCmd {
+    Create {
+        name: String,
+    },
+    #[command(alias = "list")]
+    Ls,
+    Inspect {
+        name: String,
+    },
+    #[command(alias = "remove")]
+    Rm {
+        name: String,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Run in the background; print the id.
+    #[arg(short, long)]
+    detach: bool,
+    /// Keep stdin open and feed it this terminal's stdin.
+    #[arg(short, long)]
+    interactive: bool,
+    /// Give the container a terminal.
+    #[arg(short, long)]
+    tty: bool,
+    /// Remove the container when it exits.
+    #[arg(long)]
+    rm: bool,
+    #[arg(long)]
+    name: Option<String>,
+    /// KEY=VALUE (repeatable).
+    #[arg(short, long = "env")]
+    env: Vec<String>,
+    /// SRC:DST[:ro] (repeatable); SRC a host path or a volume name.
+    #[arg(short, long = "volume")]
+    volume: Vec<String>,
+    /// Memory limit: bytes, or with k/m/g.
+    #[arg(short, long)]
+    memory: Option<String>,
+    #[arg(long)]
+    cpus: Option<f64>,
+    #[arg(long)]
+    pids_limit: Option<i64>,
+    #[arg(long)]
+    read_only: bool,
+    /// user[:group], names or ids.
+    #[arg(short, long)]
+    user: Option<String>,
+    #[arg(short, long)]
+    workdir: Option<String>,
+    #[arg(long)]
+    hostname: Option<String>,
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// native, hardened, runc, or an absolute path to a shim v2 binary.
+    #[arg(long)]
+    runtime: Option<String>,
+    image: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    cmd: Vec<String>,
+}
+
+struct Fail(u8, String);
+
+impl From<ClientError> for Fail {
+    fn from(e: ClientError) -> Self {
+        Fail(125, e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(Fail(code, msg)) => {
+            eprintln!("husk: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap());
+}
+
+fn table(rows: Vec<Vec<String>>) {
+    let n = rows.first().map(|r| r.len()).unwrap_or(0);
+    let w: Vec<usize> = (0..n)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i + 1 == n {
+                    c.clone()
+                } else {
+                    format!("{c:<width$}", width = w[i])
+                }
+            })
+            .collect();
+        println!("{}", line.join("   ").trim_end());
+    }
+}
+
+fn out(stream: &str, data: &str) {
+    if stream == "stderr" {
+        let mut e = std::io::stderr();
+        let _ = e.write_all(data.as_bytes());
+        let _ = e.flush();
+    } else {
+        let mut o = std::io::stdout();
+        let _ = o.write_all(data.as_bytes());
+        let _ = o.flush();
+    }
+}
+
+fn create_params(a: &RunArgs) -> Result<CreateParams, Fail> {
+    let memory = match &a.memory {
+        Some(m) => {
+            Some(husk_core::spec_builder::parse_memory(m).map_err(|e| Fail(125, e.to_string()))?)
+        }
+        None => None,
+    };
+    Ok(CreateParams {
+        image: a.image.clone(),
+        name: a.name.clone(),
+        cmd: a.cmd.clone(),
+        entrypoint: a.entrypoint.as_ref().map(|e| {
+            if e.is_empty() {
+                vec![]
+            } else {
+                vec![e.clone()]
+            }
+        }),
+        env: a.env.clone(),
+        volumes: a.volume.clone(),
+        memory,
+        cpus: a.cpus,
+        pids_limit: a.pids_limit,
+        read_only: a.read_only,
+        user: a.user.clone(),
+        workdir: a.workdir.clone(),
+        hostname: a.hostname.clone(),
+        runtime: a.runtime.clone(),
+        auto_remove: a.rm,
+        stdin: a.interactive,
+        tty: a.tty,
+        labels: Default::default(),
+    })
+}
+
+fn age(t: u64) -> String {
+    let now = husk_core::state::now();
+    let d = now.saturating_sub(t);
+    match d {
+        0..=59 => format!("{d} seconds ago"),
+        60..=3599 => format!("{} minutes ago", d / 60),
+        3600..=86399 => format!("{} hours ago", d / 3600),
+        _ => format!("{} days ago", d / 86400),
+    }
+}
+
+fn run(cli: &Cli) -> Result<u8, Fail> {
+    let c = Client::new(&cli.socket);
+    let json_out = cli.format == Format::Json;
+    match &cli.cmd {
+        Cmd::Version => print_json(&c.call("version", json!({}))?),
+        Cmd::Image(ImageCmd::Import { path, name }) => {
+            let path = std::fs::canonicalize(path)
+                .map_err(|e| Fail(125, format!("{}: {e}", path.display())))?;
+            let r = c.call("image.import", json!({"path": path, "name": name}))?;
+            if json_out {
+                print_json(&r);
+            } else {
+                for i in r.as_array().into_iter().flatten() {
+                    println!(
+                        "imported {} ({}, {} new layers unpacked)",
+                        i["name"].as_str().unwrap_or(""),
+                        i["digest"].as_str().unwrap_or(""),
+                        i["unpacked"]
+                    );
+                }
+            }
+        }
+        Cmd::Images | Cmd::Image(ImageCmd::Ls) => {
+            let r = c.call("image.list", json!({}))?;
+            if json_out {
+                print_json(&r);
+            } else {
+                let mut rows = vec![vec!["NAME".into(), "DIGEST".into(), "SIZE".into()]];
+                for i in r.as_array().into_iter().flatten() {
+                    let d = i["digest"].as_str().unwrap_or("");
+                    rows.push(vec![
+                        i["name"].as_str().unwrap_or("").into(),
+                        d.chars().take(19).collect(),
+                        i["size"].to_string(),
+                    ]);
+                }
+                table(rows);
+            }
+        }
+        Cmd::Rmi { name } | Cmd::Image(ImageCmd::Rm { name }) => {
+            c.call("image.remove", json!({"name": name}))?;
+            println!("{name}");
+        }
+        Cmd::Image(ImageCmd::Prune) => {
+            let r = c.call("image.prune", json!({}))?;
+            if json_out {
+                print_json(&r);
+            } else {
+                let n = |k: &str| r[k].as_array().map(|a| a.len()).unwrap_or(0);
+                println!(
+                    "removed {} blobs and {} snapshots, freed {} bytes",
+                    n("blobs_removed"),
+                    n("snapshots_removed"),
+                    r["bytes_freed"]
+                );
+            }
+        }
+        Cmd::Image(ImageCmd::Inspect { name }) => {
+            print_json(&c.call("image.inspect", json!({"name": name}))?)
+        }
+        Cmd::Run(a) | Cmd::Create(a) => {
+            let is_run = matches!(cli.cmd, Cmd::Run(_));
+            let p = create_params(a)?;
+            let r = c.call("container.create", serde_json::to_value(&p).unwrap())?;
+            let id = r["id"].as_str().unwrap_or("").to_string();
+            if !is_run {
+                println!("{id}");
+                return Ok(0);
+            }
+            if a.detach {
+                c.call("container.start", json!({"id": id}))?;
+                println!("{id}");
+                return Ok(0);
+            }
+            if !a.tty {
+                proxy_signals(&cli.socket, &id);
+            }
+            let r = if a.interactive {
+                c.call_interactive(
+                    "container.start",
+                    json!({"id": id, "attach": true}),
+                    a.tty,
+                    out,
+                )?
+            } else {
+                c.call_streaming("container.start", json!({"id": id, "attach": true}), out)?
+            };
+            let code = r["exit_code"].as_i64().unwrap_or(125);
+            return Ok(exit_byte(code));
+        }
+        Cmd::Start { attach, id } => {
+            if *attach {
+                let r =
+                    c.call_streaming("container.start", json!({"id": id, "attach": true}), out)?;
+                return Ok(exit_byte(r["exit_code"].as_i64().unwrap_or(125)));
+            }
+            c.call("container.start", json!({"id": id}))?;
+            println!("{id}");
+        }
+        Cmd::Ps { all } => {
+            let r = c.call("container.list", json!({"all": all}))?;
+            if json_out {
+                print_json(&r);
+            } else {
+                let list: Vec<ContainerSummary> =
+                    serde_json::from_value(r).map_err(|e| Fail(125, e.to_string()))?;
+                let mut rows = vec![[
+                    "ID", "NAME", "IMAGE", "COMMAND", "CREATED", "STATUS", "RUNTIME",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()];
+                for s in list {
+                    let status = match (s.status, s.exit_code) {
+                        (husk_core::api::Status::Stopped, Some(c)) => format!("exited ({c})"),
+                        (st, _) => st.to_string(),
+                    };
+                    let mut cmd = s.command.join(" ");
+                    if cmd.chars().count() > 30 {
+                        cmd = cmd.chars().take(29).collect::<String>() + "…";
+                    }
+                    rows.push(vec![
+                        s.id[..12].to_string(),
+                        s.name,
+                        s.image,
+                        format!("{cmd:?}"),
+                        age(s.created_at),
+                        status,
+                        s.runtime,
+                    ]);
+                }
+                table(rows);
+            }
+        }
+        Cmd::Logs { follow, id } => {
+            c.call_streaming("container.logs", json!({"id": id, "follow": follow}), out)?;
+        }
+        Cmd::Stop { timeout, ids } => {
+            for id in ids {
+                c.call("container.stop", json!({"id": id, "timeout": timeout}))?;
+                println!("{id}");
+            }
+        }
+        Cmd::Kill { signal, ids } => {
+            for id in ids {
+                c.call("container.kill", json!({"id": id, "signal": signal}))?;
+                println!("{id}");
+            }
+        }
+        Cmd::Rm { force, ids } => {
+            for id in ids {
+                c.call("container.remove", json!({"id": id, "force": force}))?;
+                println!("{id}");
+            }
+        }
+        Cmd::Wait { id } => {
+            let r = c.call("container.wait", json!({"id": id}))?;
+            println!("{}", r["exit_code"]);
+        }
+        Cmd::Inspect { id } => print_json(&c.call("container.inspect", json!({"id": id}))?),
+        Cmd::Exec {
+            env,
+            user,
+            workdir,
+            interactive,
+            tty,
+            id,
+            cmd,
+        } => {
+            let params = json!({"id": id, "cmd": cmd, "env": env, "user": user,
+                                "workdir": workdir, "stdin": interactive, "tty": tty});
+            let r = if *interactive {
+                c.call_interactive("container.exec", params, *tty, out)?
+            } else {
+                c.call_streaming("container.exec", params, out)?
+            };
+            return Ok(exit_byte(r["exit_code"].as_i64().unwrap_or(125)));
+        }
+        Cmd::Stats { ids } => {
+            let mut all = Vec::new();
+            for id in ids {
+                all.push(c.call("container.stats", json!({"id": id}))?);
+            }
+            if json_out {
+                print_json(&Value::Array(all));
+            } else {
+                let mut rows = vec![["ID", "NAME", "CPU TIME", "MEM USAGE / LIMIT", "PIDS"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()];
+                let mib =
+                    |v: &Value| format!("{:.1}MiB", v.as_u64().unwrap_or(0) as f64 / 1048576.0);
+                for s in all {
+                    let limit = s["memory_limit"].as_u64().unwrap_or(0);
+                    let limit = if limit == 0 || limit >= 1 << 60 {
+                        "unlimited".to_string()
+                    } else {
+                        mib(&s["memory_limit"])
+                    };
+                    rows.push(vec![
+                        s["id"].as_str().unwrap_or("").chars().take(12).collect(),
+                        s["name"].as_str().unwrap_or("").into(),
+                        format!(
+                            "{:.2}s",
+                            s["cpu_usage_ns"].as_u64().unwrap_or(0) as f64 / 1e9
+                        ),
+                        format!("{} / {limit}", mib(&s["memory_usage"])),
+                        s["pids"].to_string(),
+                    ]);
+                }
+                table(rows);
+            }
+        }
+        Cmd::Top { id } => {
+            let r = c.call("container.top", json!({"id": id}))?;
+            if json_out {
+                print_json(&r);
+            } else {
+                let mut rows = vec![vec!["PID".to_string(), "CMD".to_string()]];
+                for p in r["pids"].as_array().into_iter().flatten() {
+                    let pid = p.as_u64().unwrap_or(0);
+                    let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .map(|b| {
+                            String::from_utf8_lossy(&b)
+                                .split('\0')
+                                .filter(|s| !s.is_empty())
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        })
+                        .unwrap_or_default();
+                    rows.push(vec![pid.to_string(), cmd]);
+                }
+                table(rows);
+            }
+        }
+        Cmd::Volume(v) => match v {
+            VolumeCmd::Create { name } => {
+                c.call("volume.create", json!({"name": name}))?;
+                println!("{name}");
+            }
+            VolumeCmd::Ls => {
+                let r = c.call("volume.list", json!({}))?;
+                if json_out {
+                    print_json(&r);
+                } else {
+                    let mut rows = vec![vec!["NAME".to_string(), "USED BY".to_string()]];
+                    for v in r.as_array().into_iter().flatten() {
+                        let users: Vec<&str> = v["used_by"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|u| u.as_str())
+                            .collect();
+                        rows.push(vec![
+                            v["name"].as_str().unwrap_or("").into(),
+                            users.join(","),
+                        ]);
+                    }
+                    table(rows);
+                }
+            }
+            VolumeCmd::Inspect { name } => {
+                print_json(&c.call("volume.inspect", json!({"name": name}))?)
+            }
+            VolumeCmd::Rm { name } => {
+                c.call("volume.remove", json!({"name": name}))?;
+                println!("{name}");
+            }
+        },
+    }
+    Ok(0)
+}
+
+/// A container's exit code as the process's.
+fn exit_byte(code: i64) -> u8 {
+    if (0..=255).contains(&code) {
+        code as u8
+    } else {
+        125
+    }
+}
+
+/// Like `docker run`'s sig-proxy: SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1
+/// and SIGUSR2 sent to `husk run` are passed on to the container (with a
+/// terminal, ^C already reaches it through the pty).
+fn proxy_signals(socket: &std::path::Path, id: &str) {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ] {
+        set.add(s);
+    }
+    // Blocked here, before any other thread exists, so every thread
+    // inherits the mask and only the waiter below takes them.
+    if set.thread_block().is_err() {
+        return;
+    }
+    let socket = socket.to_path_buf();
+    let id = id.to_string();
+    std::thread::spawn(move || loop {
+        let Ok(sig) = set.wait() else { return };
+        let c = Client::new(&socket);
+        let _ = c.call(
+            "container.kill",
+            json!({"id": id, "signal": (sig as i32).to_string()}),
+        );
+    });
+}

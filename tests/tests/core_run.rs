@@ -1,0 +1,121 @@
+//! `husk run` through a real huskd and real shims: output, exit codes,
+//! image config defaults, limits, Debian's runc shim.
+
+mod core_common;
+
+use core_common::{Huskd, IMAGE};
+use husk_tests::require_root;
+
+#[test]
+fn run_prints_hello_with_the_native_shim() {
+    require_root!();
+    let d = Huskd::start();
+    d.import_busybox();
+    let out = d.husk_ok(&["run", "--rm", IMAGE, "echo", "hello from husk"]);
+    assert_eq!(out, "hello from husk\n");
+    // --rm: nothing left.
+    let ps = d.husk_ok(&["ps", "-a", "--format", "json"]);
+    assert_eq!(ps.trim(), "[]", "{ps}");
+}
+
+#[test]
+fn run_prints_hello_with_debians_runc_shim() {
+    require_root!();
+    husk_tests::host::require_command("containerd-shim-runc-v2");
+    let d = Huskd::start();
+    d.import_busybox();
+    let out = d.husk_ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "runc",
+        IMAGE,
+        "echo",
+        "hello via runc",
+    ]);
+    assert_eq!(out, "hello via runc\n");
+}
+
+#[test]
+fn run_exits_with_the_containers_code_and_separates_stderr() {
+    require_root!();
+    let d = Huskd::start();
+    d.import_busybox();
+    let out = d.husk(&[
+        "run",
+        "--name",
+        &husk_tests::unique_id("exit"),
+        IMAGE,
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 7",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        husk_tests::command::format_output(&out)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    let ps = d.husk_ok(&["ps", "-a"]);
+    assert!(ps.contains("exited (7)"), "{ps}");
+}
+
+#[test]
+fn sigterm_to_an_attached_run_reaches_the_container() {
+    require_root!();
+    let d = Huskd::start();
+    d.import_busybox();
+    let mut child = d
+        .husk_cmd(&[
+            "run",
+            "--rm",
+            IMAGE,
+            "sh",
+            "-c",
+            "trap 'echo got it; exit 5' TERM; echo ready; while true; do sleep 0.1; done",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = husk_tests::command::wait_timeout(&mut child, std::time::Duration::from_secs(20))
+        .expect("husk run exits");
+    assert_eq!(st.code(), Some(5));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert_eq!(rest, "got it\n");
+}
+
+#[test]
+fn run_with_the_hardened_shim_and_a_shim_given_by_path() {
+    require_root!();
+    let d = Huskd::start();
+    d.import_busybox();
+    let out = d.husk_ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "hardened",
+        IMAGE,
+        "echo",
+        "hardened",
+    ]);
+    assert_eq!(out, "hardened\n");
+    let path = core_common::bin_dir().join("containerd-shim-husk-v2");
+    let out = d.husk_ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        path.to_str().unwrap(),
+        IMAGE,
+        "echo",
+        "by path",
+    ]);
+    assert_eq!(out, "by path\n");
+}
