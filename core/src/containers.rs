@@ -365,24 +365,7 @@ impl Manager {
                     },
                 )
                 .await;
-            let _ = client
-                .delete(
-                    shim_client::ctx(10),
-                    &api::DeleteRequest {
-                        id: rec.id.clone(),
-                        ..Default::default()
-                    },
-                )
-                .await;
-            let _ = client
-                .shutdown(
-                    shim_client::ctx(5),
-                    &api::ShutdownRequest {
-                        id: rec.id.clone(),
-                        ..Default::default()
-                    },
-                )
-                .await;
+            shim_client::delete_and_shutdown(&client, &rec.id).await;
         } else if rec.shim_address.is_some() {
             let _ = self.launcher.delete(&rec.shim_binary, &rec.id, &rec.bundle);
         }
@@ -453,24 +436,7 @@ impl Manager {
         tracing::debug!(id = %c.id, ms = t0.elapsed().as_millis() as u64, "output drained");
         let client = c.client.lock().unwrap().take();
         if let Some(client) = client {
-            let _ = client
-                .delete(
-                    shim_client::ctx(10),
-                    &api::DeleteRequest {
-                        id: c.id.clone(),
-                        ..Default::default()
-                    },
-                )
-                .await;
-            let _ = client
-                .shutdown(
-                    shim_client::ctx(5),
-                    &api::ShutdownRequest {
-                        id: c.id.clone(),
-                        ..Default::default()
-                    },
-                )
-                .await;
+            shim_client::delete_and_shutdown(&client, &c.id).await;
         }
         tracing::debug!(id = %c.id, ms = t0.elapsed().as_millis() as u64, "task deleted, shim shut down");
         c.shim_log.lock().unwrap().take();

@@ -227,6 +227,21 @@ pub async fn connect(address: &str) -> Result<TaskClient> {
     Ok(TaskClient::new(c))
 }
 
+/// Deletes the task and shuts the shim down, ignoring failures: the last
+/// step of every container's life, whether it exited or its create failed.
+pub async fn delete_and_shutdown(client: &TaskClient, id: &str) {
+    let delete = containerd_shim_protos::api::DeleteRequest {
+        id: id.to_string(),
+        ..Default::default()
+    };
+    let _ = client.delete(ctx(10), &delete).await;
+    let shutdown = containerd_shim_protos::api::ShutdownRequest {
+        id: id.to_string(),
+        ..Default::default()
+    };
+    let _ = client.shutdown(ctx(5), &shutdown).await;
+}
+
 /// A context with a deadline (seconds); 0 for none.
 pub fn ctx(secs: i64) -> ttrpc::context::Context {
     ttrpc::context::with_timeout(secs * 1_000_000_000)

@@ -194,19 +194,7 @@ impl ContentStore {
 
     /// Every blob's digest (files with other names are ignored).
     pub fn list(&self) -> Result<Vec<Digest>> {
-        let mut out = Vec::new();
-        for e in fs::read_dir(&self.blobs).ctx(|| format!("listing {}", self.blobs.display()))? {
-            let e = e.ctx(|| format!("listing {}", self.blobs.display()))?;
-            if let Some(d) = e
-                .file_name()
-                .to_str()
-                .and_then(|n| Digest::from_hex(n).ok())
-            {
-                out.push(d);
-            }
-        }
-        out.sort();
-        Ok(out)
+        Digest::list_dir(&self.blobs)
     }
 
     /// Removes blob `d` (gc only).

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::error::{ImageError, Result};
+use super::error::{ImageError, IoContext, Result};
 
 /// A content digest. Only `sha256` is accepted (as by containerd's default
 /// configuration); the hex part is 64 lowercase hex digits, so it is safe
@@ -20,6 +20,24 @@ pub struct Digest {
 }
 
 impl Digest {
+    /// The digests named by the entries of `dir` (a blob or snapshot
+    /// directory: sha256 hex names), sorted; other names are ignored.
+    pub fn list_dir(dir: &std::path::Path) -> Result<Vec<Digest>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
+            let e = e.ctx(|| format!("listing {}", dir.display()))?;
+            if let Some(d) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| Digest::from_hex(n).ok())
+            {
+                out.push(d);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Parses `sha256:<64 lowercase hex>`.
     pub fn parse(s: &str) -> Result<Digest> {
         let hex = s

@@ -144,19 +144,7 @@ impl Snapshots {
 
     /// Every complete snapshot's chain id.
     pub fn list(&self) -> Result<Vec<Digest>> {
-        let mut out = Vec::new();
-        for e in fs::read_dir(&self.dir).ctx(|| format!("listing {}", self.dir.display()))? {
-            let e = e.ctx(|| format!("listing {}", self.dir.display()))?;
-            if let Some(d) = e
-                .file_name()
-                .to_str()
-                .and_then(|n| Digest::from_hex(n).ok())
-            {
-                out.push(d);
-            }
-        }
-        out.sort();
-        Ok(out)
+        Digest::list_dir(&self.dir)
     }
 
     /// Removes snapshot `chain` (gc only).
