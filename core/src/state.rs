@@ -191,6 +191,11 @@ pub fn new_id() -> Result<String> {
 /// Checks a container name: 1-128 of `[A-Za-z0-9_.-]`, starting with an
 /// alphanumeric.
 pub fn validate_name(name: &str) -> Result<()> {
+    check_name("container", name)
+}
+
+/// The naming rule containers and volumes share (as Docker's).
+pub fn check_name(kind: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && name.as_bytes()[0].is_ascii_alphanumeric()
@@ -201,7 +206,7 @@ pub fn validate_name(name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(CoreError::InvalidArgument(format!(
-            "invalid container name {name:?}: use 1-128 of [A-Za-z0-9_.-], starting with a letter or digit"
+            "invalid {kind} name {name:?}: use 1-128 of [A-Za-z0-9_.-], starting with a letter or digit"
         )))
     }
 }

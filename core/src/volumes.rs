@@ -66,19 +66,7 @@ pub fn parse_spec(spec: &str) -> Result<VolumeSpec> {
 }
 
 pub fn validate_volume_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(CoreError::InvalidArgument(format!(
-            "invalid volume name {name:?}: use [A-Za-z0-9][A-Za-z0-9_.-]*, at most 128"
-        )))
-    }
+    crate::state::check_name("volume", name)
 }
 
 /// A named volume, as `volume ls/inspect` show it.

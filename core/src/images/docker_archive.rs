@@ -6,7 +6,7 @@
 //! manifest listing the stored config and layers), so every image in the
 //! store has a manifest digest.
 
-use oci_spec::image::{DescriptorBuilder, ImageConfiguration, ImageManifestBuilder, MediaType};
+use oci_spec::image::{DescriptorBuilder, ImageManifestBuilder, MediaType};
 use serde::Deserialize;
 
 use super::archive::Archive;
@@ -14,7 +14,7 @@ use super::compression::Compression;
 use super::content::ContentStore;
 use super::digest::Digest;
 use super::error::{ImageError, Result};
-use super::layout::{host_platform, ResolvedImage};
+use super::layout::ResolvedImage;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -57,23 +57,7 @@ pub fn resolve(archive: &mut Archive, content: &ContentStore) -> Result<Vec<Reso
             content,
             "image config",
         )?;
-        let config: ImageConfiguration = serde_json::from_slice(&content.read(&cd)?)
-            .map_err(|err| bad(format!("{} is not an image config: {err}", e.config)))?;
-        let (os, arch) = host_platform();
-        let p = format!("{}/{}", config.os(), config.architecture());
-        if p != format!("{os}/{arch}") {
-            return Err(ImageError::NoPlatform {
-                source_path: source.clone(),
-                platform: format!("{os}/{arch}"),
-                found: p,
-            });
-        }
-        let diff_ids = config
-            .rootfs()
-            .diff_ids()
-            .iter()
-            .map(|s| Digest::parse(s))
-            .collect::<Result<Vec<_>>>()?;
+        let diff_ids = super::layout::host_diff_ids(content, &cd, &source, &bad)?;
         if diff_ids.len() != e.layers.len() {
             return Err(bad(format!(
                 "{} lists {} layers but its config has {} diff_ids",

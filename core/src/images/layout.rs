@@ -176,6 +176,33 @@ pub fn resolve(archive: &mut Archive, content: &ContentStore) -> Result<Vec<Reso
 }
 
 /// `blobs/sha256/<hex>`.
+/// Reads the stored image config `cd`, refuses it unless it is for this
+/// host's platform, and returns its layers' diff ids.
+pub fn host_diff_ids(
+    content: &ContentStore,
+    cd: &Digest,
+    source: &str,
+    bad: &dyn Fn(String) -> ImageError,
+) -> Result<Vec<Digest>> {
+    let config: ImageConfiguration = serde_json::from_slice(&content.read(cd)?)
+        .map_err(|e| bad(format!("config {cd} is not an image config: {e}")))?;
+    let (os, arch) = host_platform();
+    let found = format!("{}/{}", config.os(), config.architecture());
+    if found != format!("{os}/{arch}") {
+        return Err(ImageError::NoPlatform {
+            source_path: source.to_string(),
+            platform: format!("{os}/{arch}"),
+            found,
+        });
+    }
+    config
+        .rootfs()
+        .diff_ids()
+        .iter()
+        .map(|s| Digest::parse(s))
+        .collect()
+}
+
 pub fn blob_name(d: &Digest) -> String {
     format!("blobs/sha256/{}", d.hex())
 }
@@ -207,23 +234,7 @@ fn resolve_manifest(
         content,
         "image config",
     )?;
-    let config: ImageConfiguration = serde_json::from_slice(&content.read(&cd)?)
-        .map_err(|e| bad(format!("config {cd} is not an OCI image config: {e}")))?;
-    let (os, arch) = host_platform();
-    let cfg_platform = format!("{}/{}", config.os(), config.architecture());
-    if cfg_platform != format!("{os}/{arch}") {
-        return Err(ImageError::NoPlatform {
-            source_path: source.clone(),
-            platform: format!("{os}/{arch}"),
-            found: cfg_platform,
-        });
-    }
-    let diff_ids = config
-        .rootfs()
-        .diff_ids()
-        .iter()
-        .map(|s| Digest::parse(s))
-        .collect::<Result<Vec<_>>>()?;
+    let diff_ids = host_diff_ids(content, &cd, &source, &bad)?;
     if diff_ids.len() != manifest.layers().len() {
         return Err(bad(format!(
             "manifest {md} has {} layers but its config lists {} diff_ids",
