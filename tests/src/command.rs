@@ -57,6 +57,16 @@ pub fn check_success(cmd: &Command, out: &Output) {
 }
 
 /// "exit status: 1\n--- stdout ---\n...\n--- stderr ---\n..." for messages.
+/// A command's stdout as text (lossy).
+pub fn stdout_text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A command's stderr as text (lossy).
+pub fn stderr_text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 pub fn format_output(out: &Output) -> String {
     format!(
         "{}\n--- stdout ---\n{}\n--- stderr ---\n{}",

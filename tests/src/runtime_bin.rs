@@ -122,6 +122,36 @@ impl HuskRuntime {
         command::output_ok(&mut self.cmd(args))
     }
 
+    /// `BIN --root ROOT run --bundle B ID` in the foreground; a non-zero
+    /// exit is returned.
+    pub fn run_bundle(&self, bundle: &crate::Bundle, id: &str) -> Output {
+        self.output(&["run", "--bundle", bundle.path().to_str().unwrap(), id])
+    }
+
+    /// Like [`HuskRuntime::run_bundle`], and panics with stdout and stderr
+    /// unless the container exits 0.
+    pub fn run_bundle_ok(&self, bundle: &crate::Bundle, id: &str) -> Output {
+        self.run_ok(&["run", "--bundle", bundle.path().to_str().unwrap(), id])
+    }
+
+    /// `create` that must fail: returns its stderr, after checking that
+    /// nothing of the container is left (state, cgroup, mount, process).
+    pub fn create_fails(&self, bundle: &crate::Bundle, id: &str) -> String {
+        let out = self.output(&["create", "--bundle", bundle.path().to_str().unwrap(), id]);
+        let err = command::stderr_text(&out);
+        assert!(
+            !out.status.success(),
+            "create {id} succeeded; stderr: {err}"
+        );
+        assert!(
+            self.container_ids().is_empty(),
+            "state left behind: {:?}",
+            self.container_ids()
+        );
+        crate::leaks::assert_no_leaks(id);
+        err
+    }
+
     /// `BIN --root ROOT state ID`, parsed.
     pub fn state(&self, id: &str) -> serde_json::Value {
         let out = self.run_ok(&["state", id]);

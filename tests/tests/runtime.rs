@@ -5,40 +5,16 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use husk_tests::command::{stderr_text as stderr, stdout_text as stdout};
 use husk_tests::leaks::assert_no_leaks;
 use husk_tests::{require_root, unique_id, Bundle, HuskRuntime};
 use oci_spec::runtime::{
     HookBuilder, HooksBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
     LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder,
 };
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// `husk-runtime run` of the bundle, in the foreground.
-fn run(rt: &HuskRuntime, bundle: &Bundle, id: &str) -> Output {
-    rt.output(&["run", "--bundle", bundle.path().to_str().unwrap(), id])
-}
-
-fn run_ok(rt: &HuskRuntime, bundle: &Bundle, id: &str) -> String {
-    let out = run(rt, bundle, id);
-    assert!(
-        out.status.success(),
-        "run {id} failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
-}
 
 /// Creates and starts a long-running container; returns its host pid.
 fn start_detached(rt: &HuskRuntime, bundle: &Bundle, id: &str) -> i32 {
@@ -70,7 +46,7 @@ fn init_is_pid_1_and_host_processes_are_invisible() {
         "echo pid=$$; ls /proc | grep -c '^[0-9]'; test -e /proc/{host_pid} && echo host-visible; true"
     );
     let bundle = Bundle::busybox(&["sh", "-c", &script]);
-    let out = run_ok(&rt, &bundle, &id);
+    let out = stdout(&rt.run_bundle_ok(&bundle, &id));
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some("pid=1"), "{out}");
     let visible: usize = lines.next().unwrap().trim().parse().unwrap();
@@ -90,7 +66,7 @@ fn container_has_its_own_hostname() {
         s.set_hostname(Some("husk-box".into()));
         s.set_domainname(Some("husk.test".into()));
     });
-    assert_eq!(run_ok(&rt, &bundle, &id).trim(), "husk-box");
+    assert_eq!(stdout(&rt.run_bundle_ok(&bundle, &id)).trim(), "husk-box");
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_ne!(host.trim(), "husk-box");
 }
@@ -105,7 +81,7 @@ fn network_namespace_holds_only_lo() {
         "-c",
         "ls /sys/class/net; tail -n +3 /proc/net/dev | cut -d: -f1",
     ]);
-    let out = run_ok(&rt, &bundle, &id);
+    let out = stdout(&rt.run_bundle_ok(&bundle, &id));
     let names: Vec<&str> = out.split_whitespace().collect();
     assert_eq!(names, vec!["lo", "lo"], "{out}");
 }
@@ -122,7 +98,7 @@ fn ipc_objects_of_the_host_are_invisible() {
     let rt = HuskRuntime::new();
     let id = unique_id("ipc");
     let bundle = Bundle::busybox(&["cat", "/proc/sysvipc/shm"]);
-    let out = run(&rt, &bundle, &id);
+    let out = rt.run_bundle(&bundle, &id);
     // SAFETY: removing the segment created above.
     unsafe { libc::shmctl(shmid, libc::IPC_RMID, std::ptr::null_mut()) };
     assert!(out.status.success(), "{}", stderr(&out));
@@ -199,7 +175,7 @@ fn pids_limit_stops_a_fork_bomb() {
             .unwrap()
             .set_resources(Some(resources));
     });
-    let out = run(&rt, &bundle, &id);
+    let out = rt.run_bundle(&bundle, &id);
     let text = format!("{}{}", stdout(&out), stderr(&out));
     assert!(
         text.contains("can't fork") || text.contains("Resource temporarily unavailable"),
@@ -227,7 +203,7 @@ fn readonly_rootfs_refuses_writes() {
         root.set_readonly(Some(true));
         s.set_root(Some(root));
     });
-    let out = run(&rt, &bundle, &id);
+    let out = rt.run_bundle(&bundle, &id);
     assert!(!stdout(&out).contains("wrote"), "{}", stdout(&out));
     assert!(
         stderr(&out).contains("Read-only file system"),
@@ -275,7 +251,7 @@ fn masked_proc_paths_are_empty() {
     }
     script.push_str("echo 1 > /proc/sys/kernel/domainname 2>/dev/null && echo sys-writable; true");
     let bundle = Bundle::busybox(&["sh", "-c", &script]);
-    let out = run_ok(&rt, &bundle, &id);
+    let out = stdout(&rt.run_bundle_ok(&bundle, &id));
     for p in files.iter().chain(&dirs) {
         assert!(out.contains(&format!("{p}=0")), "{p} is not masked: {out}");
     }
@@ -295,7 +271,7 @@ fn dropped_capabilities_forbid_mount() {
         "-c",
         "grep CapEff /proc/self/status; mount -t tmpfs none /tmp && echo mounted",
     ]);
-    let out = run(&rt, &bundle, &id);
+    let out = rt.run_bundle(&bundle, &id);
     let text = stdout(&out);
     assert!(!text.contains("mounted"), "{text}");
     let err = stderr(&out).to_lowercase();
@@ -405,7 +381,7 @@ fn exit_codes_propagate() {
     let rt = HuskRuntime::new();
     let id = unique_id("exit");
     let bundle = Bundle::busybox(&["sh", "-c", "exit 42"]);
-    assert_eq!(run(&rt, &bundle, &id).status.code(), Some(42));
+    assert_eq!(rt.run_bundle(&bundle, &id).status.code(), Some(42));
     let id = unique_id("exec-exit");
     let bundle = Bundle::busybox(&["sleep", "30"]);
     start_detached(&rt, &bundle, &id);
@@ -505,7 +481,7 @@ fn hooks_run_in_order() {
         );
         s.set_mounts(Some(mounts));
     });
-    run_ok(&rt, &bundle, &id);
+    stdout(&rt.run_bundle_ok(&bundle, &id));
     let order = std::fs::read_to_string(&log).unwrap();
     let order: Vec<&str> = order.lines().collect();
     // poststart races the process itself; everything else is ordered.
@@ -688,7 +664,7 @@ fn no_runtime_descriptor_leaks_into_the_container() {
     let rt = HuskRuntime::new();
     let id = unique_id("fds");
     let bundle = Bundle::busybox(&["ls", "/proc/1/fd"]);
-    let out = run_ok(&rt, &bundle, &id);
+    let out = stdout(&rt.run_bundle_ok(&bundle, &id));
     let fds: Vec<&str> = out.split_whitespace().collect();
     assert_eq!(
         fds,
@@ -833,7 +809,7 @@ fn joins_an_existing_network_namespace_by_path() {
             .collect::<Vec<_>>();
         linux.set_namespaces(Some(nss));
     });
-    let inside = run_ok(&rt, &bundle, &id);
+    let inside = stdout(&rt.run_bundle_ok(&bundle, &id));
     let expected = std::fs::read_link(&netns).unwrap();
     assert_eq!(inside.trim(), expected.to_str().unwrap());
     rt.run_ok(&["delete", "--force", &sandbox]);
@@ -866,7 +842,7 @@ fn time_and_cgroup_namespaces() {
         offset.set_secs(Some(86400));
         linux.set_time_offsets(Some([("boottime".to_string(), offset)].into()));
     });
-    let out = run_ok(&rt, &bundle, &id);
+    let out = stdout(&rt.run_bundle_ok(&bundle, &id));
     let mut lines = out.lines();
     let inside: u64 = lines.next().unwrap().trim().parse().unwrap();
     let host: f64 = std::fs::read_to_string("/proc/uptime")

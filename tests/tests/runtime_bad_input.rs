@@ -7,24 +7,6 @@ use husk_tests::leaks::assert_no_leaks;
 use husk_tests::{require_root, unique_id, Bundle, HuskRuntime};
 use oci_spec::runtime::{HookBuilder, HooksBuilder, MountBuilder};
 
-/// Runs `create` expecting failure; returns stderr after checking that
-/// nothing of the container exists any more.
-fn create_fails(rt: &HuskRuntime, bundle: &Bundle, id: &str) -> String {
-    let out = rt.output(&["create", "--bundle", bundle.path().to_str().unwrap(), id]);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !out.status.success(),
-        "create {id} succeeded; stderr: {err}"
-    );
-    assert!(
-        rt.container_ids().is_empty(),
-        "state left behind: {:?}",
-        rt.container_ids()
-    );
-    assert_no_leaks(id);
-    err
-}
-
 #[test]
 fn missing_rootfs() {
     require_root!();
@@ -32,7 +14,7 @@ fn missing_rootfs() {
     let id = unique_id("norootfs");
     let bundle = Bundle::busybox(&["true"]);
     std::fs::remove_dir_all(bundle.rootfs()).unwrap();
-    let err = create_fails(&rt, &bundle, &id);
+    let err = rt.create_fails(&bundle, &id);
     assert!(err.contains("rootfs") && err.contains("missing"), "{err}");
 }
 
@@ -47,7 +29,7 @@ fn malformed_config_json() {
         b"{\"ociVersion\": \"1.0.2\", \"process\": ",
     )
     .unwrap();
-    let err = create_fails(&rt, &bundle, &id);
+    let err = rt.create_fails(&bundle, &id);
     assert!(
         err.contains("config.json") && err.contains("not a valid OCI runtime spec"),
         "{err}"
@@ -64,7 +46,7 @@ fn unknown_namespace_type() {
         serde_json::from_slice(&std::fs::read(bundle.config_path()).unwrap()).unwrap();
     json["linux"]["namespaces"][0]["type"] = "bogus".into();
     std::fs::write(bundle.config_path(), json.to_string()).unwrap();
-    let err = create_fails(&rt, &bundle, &id);
+    let err = rt.create_fails(&bundle, &id);
     assert!(
         err.contains("linux.namespaces[0].type") && err.contains("bogus"),
         "{err}"
@@ -97,7 +79,7 @@ fn failing_hook() {
                 .unwrap(),
         ));
     });
-    let err = create_fails(&rt, &bundle, &id);
+    let err = rt.create_fails(&bundle, &id);
     assert!(
         err.contains("createRuntime hook") && err.contains("no-network-for-you"),
         "{err}"
@@ -119,7 +101,7 @@ fn hook_that_times_out() {
         ));
     });
     let started = Instant::now();
-    let err = create_fails(&rt, &bundle, &id);
+    let err = rt.create_fails(&bundle, &id);
     assert!(
         err.contains("createContainer hook") && err.contains("timed out"),
         "{err}"
@@ -196,7 +178,7 @@ fn mount_target_escaping_through_a_symlink() {
         );
         s.set_mounts(Some(mounts));
     });
-    let err = create_fails(&rt, &bundle, &id);
+    let err = rt.create_fails(&bundle, &id);
     assert!(
         err.contains("/evil/x") && err.contains("outside the container's rootfs"),
         "{err}"
@@ -213,7 +195,7 @@ fn missing_executable_fails_create_not_start() {
     let rt = HuskRuntime::new();
     let id = unique_id("noexe");
     let bundle = Bundle::busybox(&["/bin/does-not-exist"]);
-    let err = create_fails(&rt, &bundle, &id);
+    let err = rt.create_fails(&bundle, &id);
     assert!(
         err.contains("does-not-exist") && err.contains("no such executable"),
         "{err}"

@@ -4,17 +4,10 @@
 
 use std::process::Output;
 
+use husk_tests::command::{stderr_text as stderr, stdout_text as stdout};
 use husk_tests::leaks::assert_no_leaks;
 use husk_tests::{require_root, unique_id, Bundle, HuskRuntime};
 use oci_spec::runtime::{LinuxCapabilities, LinuxSeccomp, UserBuilder};
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// A busybox bundle running `sh -c script` under `profile`.
 fn bundle_with(profile: serde_json::Value, script: &str) -> Bundle {
@@ -23,38 +16,6 @@ fn bundle_with(profile: serde_json::Value, script: &str) -> Bundle {
     bundle.linux_mut().set_seccomp(Some(profile));
     bundle.save();
     bundle
-}
-
-/// `husk-runtime run` of the bundle in the foreground.
-fn run(rt: &HuskRuntime, bundle: &Bundle, id: &str) -> Output {
-    rt.output(&["run", "--bundle", bundle.path().to_str().unwrap(), id])
-}
-
-fn run_ok(rt: &HuskRuntime, bundle: &Bundle, id: &str) -> Output {
-    let out = run(rt, bundle, id);
-    assert!(
-        out.status.success(),
-        "run {id} failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        stdout(&out),
-        stderr(&out)
-    );
-    out
-}
-
-/// Runs `create` expecting failure; returns stderr after checking that
-/// nothing of the container exists any more.
-fn create_fails(rt: &HuskRuntime, bundle: &Bundle, id: &str) -> String {
-    let out = rt.output(&["create", "--bundle", bundle.path().to_str().unwrap(), id]);
-    let err = stderr(&out);
-    assert!(!out.status.success(), "create {id} succeeded");
-    assert!(
-        rt.container_ids().is_empty(),
-        "state left behind: {:?}",
-        rt.container_ids()
-    );
-    assert_no_leaks(id);
-    err
 }
 
 /// The `Seccomp:` mode of the shell running `script`: 2 is "filter".
@@ -80,7 +41,7 @@ fn a_denied_syscall_fails_with_its_errno_and_the_rest_works() {
          ls -d /tmp/x 2>/dev/null || echo no-dir"
     );
     let bundle = bundle_with(deny_mkdir(), &script);
-    let out = run_ok(&rt, &bundle, &id);
+    let out = rt.run_bundle_ok(&bundle, &id);
     let (text, err) = (stdout(&out), stderr(&out));
     assert!(!text.contains("made"), "{text}");
     assert!(err.contains("Operation not permitted"), "{err}");
@@ -118,7 +79,7 @@ fn argument_filters_match_on_values() {
                   touch /tmp/f; chmod 755 /tmp/f && echo chmod-ok; \
                   chmod 4755 /tmp/f && echo setuid-ok; stat -c %a /tmp/f";
     let bundle = bundle_with(profile, script);
-    let out = run_ok(&rt, &bundle, &id);
+    let out = rt.run_bundle_ok(&bundle, &id);
     let (text, err) = (stdout(&out), stderr(&out));
     assert!(err.contains("socket: Permission denied"), "{err}");
     assert!(text.contains("netlink-ok"), "{text}\n{err}");
@@ -179,7 +140,7 @@ fn an_unknown_action_fails_create_naming_the_field() {
         serde_json::from_slice(&std::fs::read(bundle.config_path()).unwrap()).unwrap();
     json["linux"]["seccomp"]["syscalls"][0]["action"] = "SCMP_ACT_BOGUS".into();
     std::fs::write(bundle.config_path(), json.to_string()).unwrap();
-    let err = create_fails(&rt, &bundle, &id);
+    let err = rt.create_fails(&bundle, &id);
     assert!(
         err.contains("linux.seccomp.syscalls[0].action") && err.contains("SCMP_ACT_BOGUS"),
         "{err}"
@@ -199,7 +160,7 @@ fn notify_and_bad_arguments_fail_create_clearly() {
         }),
         "true",
     );
-    let err = create_fails(&rt, &bundle, &id);
+    let err = rt.create_fails(&bundle, &id);
     assert!(
         err.contains("linux.seccomp.syscalls[0].action")
             && err.contains("seccomp notify needs listenerPath support, not implemented"),
@@ -214,7 +175,7 @@ fn notify_and_bad_arguments_fail_create_clearly() {
         }),
         "true",
     );
-    let err = create_fails(&rt, &bundle, &id);
+    let err = rt.create_fails(&bundle, &id);
     assert!(
         err.contains("linux.seccomp.syscalls[0].args[0].index is 9"),
         "{err}"
@@ -275,7 +236,7 @@ fn a_default_errno_profile_runs_busybox_with_no_new_privileges() {
     let mut bundle = bundle_with(allow_list_profile(false), ECHO_AND_MKDIR);
     bundle.process_mut().set_no_new_privileges(Some(true));
     bundle.save();
-    let out = run_ok(&rt, &bundle, &id);
+    let out = rt.run_bundle_ok(&bundle, &id);
     assert_ran_under_the_allow_list(&out, "0");
     assert_no_leaks(&id);
 }
@@ -307,7 +268,7 @@ fn a_default_errno_profile_runs_a_capless_user_without_no_new_privileges() {
     none.set_ambient(Some(Default::default()));
     process.set_capabilities(Some(none));
     bundle.save();
-    let out = run_ok(&rt, &bundle, &id);
+    let out = rt.run_bundle_ok(&bundle, &id);
     assert_ran_under_the_allow_list(&out, "1000");
     assert_no_leaks(&id);
 }
