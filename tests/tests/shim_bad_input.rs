@@ -34,16 +34,7 @@ fn bad_rpcs_get_clear_errors_and_leak_nothing() {
     let env = containerd();
     let ctd = &env.ctd;
     let id = unique_id("shim-bad");
-    ctd.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        NATIVE,
-        IMAGE,
-        &id,
-        "/bin/sleep",
-        "600",
-    ]);
+    run_sleeper(ctd, NATIVE, &id);
     wait_task_status(ctd, &id, "RUNNING");
     let address = std::fs::read_to_string(
         ctd.state()

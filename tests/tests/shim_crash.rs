@@ -19,16 +19,7 @@ fn container_survives_kill_9_of_containerd() {
     require_root!();
     let mut env = containerd();
     let id = unique_id("shim-survive");
-    env.ctd.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        NATIVE,
-        IMAGE,
-        &id,
-        "/bin/sleep",
-        "600",
-    ]);
+    run_sleeper(&env.ctd, NATIVE, &id);
     wait_task_status(&env.ctd, &id, "RUNNING");
     let before = tasks(&env.ctd).into_iter().find(|t| t.0 == id).unwrap().1;
     let shims = shim_pids(&env.ctd);
@@ -60,16 +51,7 @@ fn kill_9_of_the_shim_leaves_nothing_after_delete() {
     require_root!();
     let env = containerd();
     let id = unique_id("shim-k9");
-    env.ctd.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        NATIVE,
-        IMAGE,
-        &id,
-        "/bin/sleep",
-        "600",
-    ]);
+    run_sleeper(&env.ctd, NATIVE, &id);
     wait_task_status(&env.ctd, &id, "RUNNING");
     let shims = shim_pids(&env.ctd);
     assert_eq!(shims.len(), 1);

@@ -73,16 +73,7 @@ fn detached_task_exec_ps_metrics_pause_resume_kill_delete() {
 
     // SIGKILL.
     let id = unique_id("shim-kill");
-    ctd.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        HARDENED,
-        IMAGE,
-        &id,
-        "/bin/sleep",
-        "600",
-    ]);
+    run_sleeper(ctd, HARDENED, &id);
     wait_task_status(ctd, &id, "RUNNING");
     ctd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", &id]);
     wait_task_status(ctd, &id, "STOPPED");
@@ -130,16 +121,7 @@ fn twenty_containers_at_once() {
     std::thread::scope(|s| {
         for id in &ids {
             s.spawn(move || {
-                ctd.ctr_ok(&[
-                    "run",
-                    "-d",
-                    "--runtime",
-                    NATIVE,
-                    IMAGE,
-                    id,
-                    "/bin/sleep",
-                    "600",
-                ]);
+                run_sleeper(ctd, NATIVE, id);
             });
         }
     });

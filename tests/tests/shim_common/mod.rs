@@ -85,6 +85,22 @@ pub fn wait_task_status(ctd: &Containerd, id: &str, want: &str) {
     }
 }
 
+/// `ctr run -d --runtime RUNTIME IMAGE ID /bin/sleep 600`: a long-lived
+/// task to drive. Does not wait for it (callers that need it running use
+/// [`wait_task_status`]).
+pub fn run_sleeper(ctd: &Containerd, runtime: &str, id: &str) {
+    ctd.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        runtime,
+        IMAGE,
+        id,
+        "/bin/sleep",
+        "600",
+    ]);
+}
+
 /// Pids of husk shim daemons serving this containerd.
 pub fn shim_pids(ctd: &Containerd) -> Vec<u32> {
     let address = ctd.address().to_string_lossy().into_owned();
