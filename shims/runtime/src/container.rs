@@ -104,11 +104,8 @@ impl Runtime {
         let sealed_exe = std::thread::spawn(|| SealedExe::current().map(|_| ()));
         // libseccomp takes milliseconds for Docker's profile (spec::validate
         // checked it already): compile it meanwhile too.
-        let seccomp_compiling = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.seccomp().clone())
-            .map(|profile| std::thread::spawn(move || seccomp::compile(&profile)));
+        let profiles = seccomp::profiles(&spec)?;
+        let seccomp_compiling = std::thread::spawn(move || seccomp::compile_all(&profiles));
         self.states.claim(id)?;
         let mut cleanup = CreateCleanup {
             states: &self.states,
@@ -191,13 +188,9 @@ impl Runtime {
             .join()
             .map_err(|_| Error::Init("copying the runtime binary panicked".into()))??;
         let _ = warm_lock.join();
-        if let Some(compiling) = seccomp_compiling {
-            config.seccomp = Some(
-                compiling
-                    .join()
-                    .map_err(|_| Error::Init("compiling the seccomp profile panicked".into()))??,
-            );
-        }
+        config.seccomp = seccomp_compiling
+            .join()
+            .map_err(|_| Error::Init("compiling the seccomp profile panicked".into()))??;
         let seccomp_program = config.seccomp.clone();
         let launched = launch::launch(
             config,

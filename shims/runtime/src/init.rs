@@ -210,16 +210,17 @@ fn container_init(
             &state_json,
         )?;
         rootfs::pivot(&create.rootfs)?;
+        // Before finish: /proc/sys is usually among the read-only paths.
+        for (key, value) in &create.sysctl {
+            let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+            std::fs::write(&path, value).context(|| format!("set sysctl {key}={value}"))?;
+        }
         rootfs::finish(&create.rootfs)?;
         if let Some(h) = create.hostname.as_deref().filter(|h| !h.is_empty()) {
             sys::sethostname(h).context(|| format!("set hostname {h:?}"))?;
         }
         if let Some(d) = create.domainname.as_deref().filter(|d| !d.is_empty()) {
             sys::setdomainname(d).context(|| format!("set domainname {d:?}"))?;
-        }
-        for (key, value) in &create.sysctl {
-            let path = Path::new("/proc/sys").join(key.replace('.', "/"));
-            std::fs::write(&path, value).context(|| format!("set sysctl {key}={value}"))?;
         }
     }
     let cwd = process.cwd();

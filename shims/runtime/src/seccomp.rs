@@ -24,6 +24,13 @@
 //! Not implemented: `SCMP_ACT_NOTIFY` (refused), and runc's patching of
 //! the BPF to return ENOSYS rather than the default errno for syscalls
 //! newer than the profile.
+//!
+//! Stacking: the annotation [`STACKED_ANNOTATION`] holds a JSON array of
+//! further profiles, loaded after `linux.seccomp` as separate filters
+//! ([`profiles`], [`compile_all`]). The kernel runs every filter a process
+//! has and the most restrictive action wins, so a stacked profile can only
+//! take permissions away. The hardened profile uses it to keep its own
+//! filter in `linux.seccomp` and the workload's on top.
 
 use std::collections::HashSet;
 use std::io::{Read, Seek};
@@ -34,11 +41,62 @@ use libseccomp::{
 };
 use oci_spec::runtime::{
     Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompFilterFlag,
-    LinuxSeccompOperator,
+    LinuxSeccompOperator, Spec,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+
+/// The annotation holding further profiles (a JSON array of
+/// `linux.seccomp` objects), each loaded as its own filter after
+/// `linux.seccomp`.
+pub const STACKED_ANNOTATION: &str = "io.husk.seccomp.stacked";
+
+/// The profiles of `spec` in load order: `linux.seccomp`, then those of
+/// [`STACKED_ANNOTATION`].
+pub fn profiles(spec: &Spec) -> Result<Vec<LinuxSeccomp>> {
+    let mut all: Vec<LinuxSeccomp> = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().clone())
+        .into_iter()
+        .collect();
+    all.extend(stacked_profiles(spec)?);
+    Ok(all)
+}
+
+/// The profiles of [`STACKED_ANNOTATION`] alone (none without it).
+pub fn stacked_profiles(spec: &Spec) -> Result<Vec<LinuxSeccomp>> {
+    let Some(text) = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(STACKED_ANNOTATION))
+    else {
+        return Ok(Vec::new());
+    };
+    let de = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        invalid(format!(
+            "annotation {STACKED_ANNOTATION} must be a JSON array of linux.seccomp profiles: at {}: {}",
+            e.path(),
+            e.inner()
+        ))
+    })
+}
+
+/// Compiles `profiles` into one [`Program`] that loads them in order, each
+/// as its own filter; `None` for no profile.
+pub fn compile_all(profiles: &[LinuxSeccomp]) -> Result<Option<Program>> {
+    let mut compiled = profiles.iter().map(compile);
+    let Some(first) = compiled.next() else {
+        return Ok(None);
+    };
+    let mut head = first?;
+    for next in compiled {
+        head.stacked.push(next?);
+    }
+    Ok(Some(head))
+}
 
 /// What a refused `SCMP_ACT_NOTIFY` says.
 pub const NOTIFY_UNSUPPORTED: &str = "seccomp notify needs listenerPath support, not implemented";
@@ -565,12 +623,16 @@ pub struct Program {
     /// `SECCOMP_FILTER_FLAG_*`.
     pub flags: u32,
     instructions: Vec<libc::sock_filter>,
+    /// Filters loaded after this one, in order (see [`compile_all`]).
+    stacked: Vec<Program>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct WireProgram {
     flags: u32,
     bpf: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    stacked: Vec<WireProgram>,
 }
 
 impl std::fmt::Debug for Program {
@@ -578,6 +640,7 @@ impl std::fmt::Debug for Program {
         f.debug_struct("Program")
             .field("flags", &self.flags)
             .field("instructions", &self.instructions.len())
+            .field("stacked", &self.stacked)
             .finish()
     }
 }
@@ -602,6 +665,7 @@ impl Program {
         Ok(Program {
             flags,
             instructions,
+            stacked: Vec::new(),
         })
     }
 
@@ -615,7 +679,13 @@ impl Program {
         bytes
     }
 
-    /// How many BPF instructions the filter has.
+    /// How many filters [`Program::load`] installs (this one and those
+    /// stacked on it).
+    pub fn layers(&self) -> usize {
+        1 + self.stacked.len()
+    }
+
+    /// How many BPF instructions the first filter has.
     pub fn len(&self) -> usize {
         self.instructions.len()
     }
@@ -625,9 +695,23 @@ impl Program {
     }
 
     /// Installs the filter in the calling thread, for good (and in every
-    /// thread with `SECCOMP_FILTER_FLAG_TSYNC`). Without no_new_privs the
-    /// caller needs CAP_SYS_ADMIN in its user namespace.
+    /// thread with `SECCOMP_FILTER_FLAG_TSYNC`), then the stacked ones.
+    /// Without no_new_privs the caller needs CAP_SYS_ADMIN in its user
+    /// namespace; each filter must allow seccomp(2) for the next to load.
     pub fn load(&self) -> Result<()> {
+        self.load_one()?;
+        for (i, next) in self.stacked.iter().enumerate() {
+            next.load_one().map_err(|e| {
+                Error::Init(format!(
+                    "stacked seccomp profile {} of annotation {STACKED_ANNOTATION}: {e}",
+                    i + 1
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    fn load_one(&self) -> Result<()> {
         let Err(e) = crate::sys::seccomp_set_filter(self.flags, &self.instructions) else {
             return Ok(());
         };
@@ -657,6 +741,7 @@ impl From<Program> for WireProgram {
         WireProgram {
             flags: p.flags,
             bpf,
+            stacked: p.stacked.into_iter().map(WireProgram::from).collect(),
         }
     }
 }
@@ -683,7 +768,13 @@ impl TryFrom<WireProgram> for Program {
             .chunks_exact(2)
             .map(|p| Ok(digit(p[0])? << 4 | digit(p[1])?))
             .collect::<std::result::Result<Vec<u8>, String>>()?;
-        Program::from_bytes(w.flags, &bytes)
+        let mut program = Program::from_bytes(w.flags, &bytes)?;
+        program.stacked = w
+            .stacked
+            .into_iter()
+            .map(Program::try_from)
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(program)
     }
 }
 
@@ -1167,6 +1258,52 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<Program>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn stacked_profiles_load_in_order_and_cross_the_channel() {
+        let first = serde_json::json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "syscalls": [{"names": ["read", "write", "exit_group", "seccomp"], "action": "SCMP_ACT_ALLOW"}]
+        });
+        let second = serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["write"], "action": "SCMP_ACT_ERRNO"}]
+        });
+        let spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": {"seccomp": first},
+            "annotations": {STACKED_ANNOTATION: serde_json::json!([second]).to_string()}
+        }))
+        .unwrap();
+        let all = profiles(&spec).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].default_action(), LinuxSeccompAction::ScmpActErrno);
+        let p = compile_all(&all).unwrap().unwrap();
+        assert_eq!(p.layers(), 2);
+        let back: Program = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back.layers(), 2);
+        assert_eq!(back.stacked[0].to_bytes(), p.stacked[0].to_bytes());
+        assert!(compile_all(&[]).unwrap().is_none());
+        // Old single-filter state files still parse.
+        let single = serde_json::to_string(&compile(&all[0]).unwrap()).unwrap();
+        assert!(!single.contains("stacked"), "{single}");
+        assert_eq!(
+            serde_json::from_str::<Program>(&single).unwrap().layers(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_bad_stacked_annotation_names_itself() {
+        let spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": {STACKED_ANNOTATION: "[{\"defaultAction\": \"SCMP_ACT_BOGUS\"}]"}
+        }))
+        .unwrap();
+        let err = profiles(&spec).unwrap_err().to_string();
+        assert!(err.contains(STACKED_ANNOTATION), "{err}");
+        assert!(err.contains("[0].defaultAction"), "{err}");
     }
 
     #[test]

@@ -214,8 +214,8 @@ pub fn validate(spec: &Spec) -> Result<()> {
             )));
         }
     }
-    if let Some(profile) = linux.and_then(|l| l.seccomp().as_ref()) {
-        crate::seccomp::validate(profile)?;
+    for profile in crate::seccomp::profiles(spec)? {
+        crate::seccomp::validate(&profile)?;
     }
     Ok(())
 }
