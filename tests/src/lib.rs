@@ -21,6 +21,7 @@
 //! | [`containerd`] | a private containerd 1.6 instance, started and stopped by PID |
 //! | [`runtime_bin`] | locating `husk-runtime` and driving any runc-compatible CLI |
 //! | [`leaks`] | cgroups, mounts and processes left behind |
+//! | [`plugin_config`] | the example plugins in a `plugins.toml` |
 //! | [`command`] | running commands with timeouts and readable failures |
 //! | [`host`] | root checks, `SKIP:` messages, finding host tools |
 //! | [`ids`] | unique container ids |
@@ -34,6 +35,7 @@ pub mod host;
 pub mod ids;
 pub mod image;
 pub mod leaks;
+pub mod plugin_config;
 pub mod runtime_bin;
 pub mod stats;
 

@@ -4,8 +4,9 @@
 //! call; this store does. One store per plugin name, shared by its calls
 //! (and kept across hot reloads). With a `state-dir` it is persisted to
 //! `<state-dir>/<plugin>.json` after every write (temp file, fsync, rename),
-//! so it also survives the host's restart and is shared by shims that load
-//! the same config one after another.
+//! so it also survives the host's restart. Every shim runs its own host, so
+//! a persisted store is shared between processes: each operation takes a
+//! file lock (`<plugin>.json.lock`) and works on what is on disk.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -56,54 +57,92 @@ impl KvStore {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Runs `f` on the current map: for a persisted store, under the file
+    /// lock and with what other processes wrote reloaded first.
+    fn with_map<T>(
+        &self,
+        exclusive: bool,
+        f: impl FnOnce(&mut BTreeMap<String, Vec<u8>>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut map = self.lock();
+        let Some(path) = &self.path else {
+            return f(&mut map);
+        };
+        let io = |e: std::io::Error| {
+            StoreError::Io(format!("cannot lock the store {}: {e}", path.display()))
+        };
+        let lock_path = path.with_extension("json.lock");
+        if let Some(dir) = lock_path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io)?;
+        if exclusive {
+            lock.lock().map_err(io)?;
+        } else {
+            lock.lock_shared().map_err(io)?;
+        }
+        if let Some(on_disk) = std::fs::read(path).ok().and_then(|b| decode(&b)) {
+            *map = on_disk;
+        }
+        f(&mut map)
+        // `lock` drops here, releasing the file lock.
+    }
+
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.lock().get(key).cloned()
+        self.with_map(false, |map| Ok(map.get(key).cloned()))
+            .ok()
+            .flatten()
     }
 
     pub fn keys(&self, prefix: &str) -> Vec<String> {
-        self.lock()
-            .range(prefix.to_owned()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, _)| k.clone())
-            .collect()
+        self.with_map(false, |map| Ok(keys_with_prefix(map, prefix)))
+            .unwrap_or_default()
     }
 
     pub fn set(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
         check_key(key)?;
-        let mut map = self.lock();
-        let used: usize = map
-            .iter()
-            .filter(|(k, _)| k.as_str() != key)
-            .map(|(k, v)| k.len() + v.len())
-            .sum();
-        if used + key.len() + value.len() > MAX_STORE_BYTES {
-            return Err(StoreError::Full);
-        }
-        map.insert(key.to_owned(), value);
-        self.persist(&map)
+        self.with_map(true, |map| {
+            let used: usize = map
+                .iter()
+                .filter(|(k, _)| k.as_str() != key)
+                .map(|(k, v)| k.len() + v.len())
+                .sum();
+            if used + key.len() + value.len() > MAX_STORE_BYTES {
+                return Err(StoreError::Full);
+            }
+            map.insert(key.to_owned(), value);
+            self.persist(map)
+        })
     }
 
     pub fn delete(&self, key: &str) -> Result<(), StoreError> {
         check_key(key)?;
-        let mut map = self.lock();
-        if map.remove(key).is_some() {
-            self.persist(&map)?;
-        }
-        Ok(())
+        self.with_map(true, |map| {
+            if map.remove(key).is_some() {
+                self.persist(map)?;
+            }
+            Ok(())
+        })
     }
 
     pub fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
         check_key(key)?;
-        let mut map = self.lock();
-        let current = map
-            .get(key)
-            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-            .map(i64::from_le_bytes)
-            .unwrap_or(0);
-        let next = current.wrapping_add(delta);
-        map.insert(key.to_owned(), next.to_le_bytes().to_vec());
-        self.persist(&map)?;
-        Ok(next)
+        self.with_map(true, |map| {
+            let current = map
+                .get(key)
+                .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                .map(i64::from_le_bytes)
+                .unwrap_or(0);
+            let next = current.wrapping_add(delta);
+            map.insert(key.to_owned(), next.to_le_bytes().to_vec());
+            self.persist(map)?;
+            Ok(next)
+        })
     }
 
     fn persist(&self, map: &BTreeMap<String, Vec<u8>>) -> Result<(), StoreError> {
@@ -113,6 +152,13 @@ impl KvStore {
         write_atomically(path, &encode(map))
             .map_err(|e| StoreError::Io(format!("cannot write the store {}: {e}", path.display())))
     }
+}
+
+fn keys_with_prefix(map: &BTreeMap<String, Vec<u8>>, prefix: &str) -> Vec<String> {
+    map.range(prefix.to_owned()..)
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 fn check_key(key: &str) -> Result<(), StoreError> {
@@ -196,5 +242,20 @@ mod tests {
             s.set("big", vec![0; MAX_STORE_BYTES]),
             Err(StoreError::Full)
         ));
+    }
+
+    #[test]
+    fn two_handles_on_one_file_see_each_others_writes() {
+        // Two shims with the same config: each has its own handle.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.json");
+        let (a, b) = (KvStore::persistent(&path), KvStore::persistent(&path));
+        for _ in 0..10 {
+            a.increment("n", 1).unwrap();
+            b.increment("n", 1).unwrap();
+        }
+        a.set("from-a", b"1".to_vec()).unwrap();
+        assert_eq!(b.get("from-a").unwrap(), b"1");
+        assert_eq!(a.increment("n", 0).unwrap(), 20);
     }
 }

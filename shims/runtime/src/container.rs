@@ -173,6 +173,7 @@ impl Runtime {
             console: terminal,
             preserve_fds: opts.preserve_fds + listen_fds(),
             seccomp: None,
+            landlock: crate::landlock::requested(spec.annotations().as_ref()),
         };
         let uid_maps = linux.uid_mappings().clone().unwrap_or_default();
         let gid_maps = linux.gid_mappings().clone().unwrap_or_default();
@@ -397,6 +398,7 @@ impl Runtime {
                 (None, Some(profile)) => Some(seccomp::compile(profile)?),
                 (None, None) => None,
             },
+            landlock: crate::landlock::requested(Some(&record.annotations)),
         };
         let launched = launch::launch(
             config,

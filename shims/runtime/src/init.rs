@@ -22,6 +22,7 @@ use crate::channel::Channel;
 use crate::console;
 use crate::error::{Context, Error, Result};
 use crate::hooks::{self, HookKind};
+use crate::landlock;
 use crate::namespaces::{self, Plan};
 use crate::process;
 use crate::rootfs::{self, RootfsPlan};
@@ -45,6 +46,10 @@ pub struct InitConfig {
     /// process and every exec.
     #[serde(default)]
     pub seccomp: Option<seccomp::Program>,
+    /// Confine the process to its root with Landlock where the kernel can
+    /// (the `io.husk.landlock` annotation; see `landlock.rs`).
+    #[serde(default)]
+    pub landlock: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -271,6 +276,9 @@ fn container_init(
     sys::cloexec_from(3 + config.preserve_fds)
         .context(|| "mark runtime descriptors close-on-exec".into())?;
     let exec = process::Exec::prepare(&program, &args, &env)?;
+    if config.landlock {
+        landlock::confine_to_root(3 + config.preserve_fds)?;
+    }
     // With no_new_privs, as late as possible: only execve follows, so the
     // profile need not allow the runtime's own syscalls.
     if let Some(filter) = config.seccomp.as_ref().filter(|_| no_new_privs) {

@@ -20,6 +20,7 @@ pub mod error;
 pub mod hardened;
 pub mod hooks;
 pub mod init;
+pub mod landlock;
 pub mod launch;
 pub mod mounts;
 pub mod namespaces;

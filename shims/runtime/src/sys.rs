@@ -611,6 +611,98 @@ pub fn seccomp_set_filter(flags: u32, program: &[libc::sock_filter]) -> io::Resu
     Ok(())
 }
 
+/// The Landlock ABI version the kernel offers
+/// (`landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)`);
+/// ENOSYS or EOPNOTSUPP where the kernel has no Landlock or it is off.
+pub fn landlock_abi_version() -> io::Result<i32> {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_ulong = 1;
+    // SAFETY: with a NULL attribute and size 0 the kernel reads nothing.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as i32)
+}
+
+/// A Landlock ruleset handling the filesystem rights `handled_fs`
+/// (`struct landlock_ruleset_attr`, its first field only).
+pub fn landlock_create_ruleset(handled_fs: u64) -> io::Result<OwnedFd> {
+    // SAFETY: the kernel reads size_of::<u64>() bytes from `attr`, alive
+    // for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            &handled_fs as *const u64,
+            std::mem::size_of::<u64>(),
+            0 as libc::c_ulong,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// `struct landlock_path_beneath_attr`, packed as in the kernel's UAPI.
+#[repr(C, packed)]
+struct LandlockPathBeneath {
+    allowed_access: u64,
+    parent_fd: i32,
+}
+
+/// Allows `allowed` beneath the file or directory `parent` (an O_PATH
+/// descriptor is enough).
+pub fn landlock_add_path_rule(
+    ruleset: BorrowedFd<'_>,
+    allowed: u64,
+    parent: BorrowedFd<'_>,
+) -> io::Result<()> {
+    const LANDLOCK_RULE_PATH_BENEATH: libc::c_ulong = 1;
+    let attr = LandlockPathBeneath {
+        allowed_access: allowed,
+        parent_fd: parent.as_raw_fd(),
+    };
+    // SAFETY: `attr` is the packed UAPI struct, alive for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_add_rule,
+            ruleset.as_raw_fd(),
+            LANDLOCK_RULE_PATH_BENEATH,
+            &attr as *const LandlockPathBeneath,
+            0 as libc::c_ulong,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Confines the calling thread (and what it executes) to `ruleset`, for
+/// good. Needs no_new_privs or CAP_SYS_ADMIN.
+pub fn landlock_restrict_self(ruleset: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_restrict_self,
+            ruleset.as_raw_fd(),
+            0 as libc::c_ulong,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The seals set on a memfd (F_GET_SEALS).
 pub fn memfd_seals(fd: RawFd) -> io::Result<libc::c_int> {
     // SAFETY: F_GET_SEALS only reads.

@@ -26,6 +26,9 @@ pub enum ShimError {
     },
     #[error("{0}")]
     Internal(String),
+    /// A policy plugin refused the container: `denied by policy NAME: REASON`.
+    #[error("{0}")]
+    Denied(String),
 }
 
 pub type Result<T, E = ShimError> = std::result::Result<T, E>;
@@ -44,6 +47,7 @@ impl ShimError {
             ShimError::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             ShimError::InvalidArgument(_) => Code::INVALID_ARGUMENT,
             ShimError::NotImplemented(_) => Code::UNIMPLEMENTED,
+            ShimError::Denied(_) => Code::PERMISSION_DENIED,
             ShimError::Runtime(e) => match e {
                 R::NotFound { .. } => Code::NOT_FOUND,
                 R::AlreadyExists(_) => Code::ALREADY_EXISTS,

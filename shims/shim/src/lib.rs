@@ -18,6 +18,7 @@
 //! | [`events`] | task events to containerd |
 //! | [`rootfs`] | mounting `CreateTaskRequest.rootfs` |
 //! | [`metrics`] | cgroup stats as containerd metrics |
+//! | [`plugins`] | policy and lifecycle plugins at create, start and exit |
 
 pub mod args;
 pub mod delete;
@@ -25,6 +26,7 @@ pub mod error;
 pub mod events;
 pub mod io;
 pub mod metrics;
+pub mod plugins;
 pub mod reaper;
 pub mod rootfs;
 pub mod server;

@@ -6,7 +6,7 @@
 //! cgroupfs), so they run on tokio's blocking pool. That also keeps every
 //! child the library spawns off the main thread (see `reaper.rs`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -19,6 +19,7 @@ use ttrpc::r#async::TtrpcContext;
 
 use crate::error::{Result, ShimError};
 use crate::events::Publisher;
+use crate::plugins::{self, Plugins};
 use crate::reaper::{self, Reaped};
 use crate::state::{Container, ExitRecord, Proc, ProcStatus, ShimState};
 use crate::{io, metrics, rootfs, Profile};
@@ -31,6 +32,8 @@ pub struct Shim {
     pub state: Mutex<ShimState>,
     pub runtime: Runtime,
     pub events: Publisher,
+    /// Plugin hosts, loaded on the first Create that names a config.
+    pub plugins: Arc<Plugins>,
     /// Woken on every recorded exit (Wait).
     pub exited: tokio::sync::Notify,
     /// Woken when Shutdown lets the shim exit.
@@ -44,6 +47,7 @@ impl Shim {
             state: Mutex::new(state),
             runtime,
             events,
+            plugins: Arc::default(),
             exited: tokio::sync::Notify::new(),
             shutdown: tokio::sync::Notify::new(),
         }
@@ -105,14 +109,22 @@ impl Shim {
             // The init is gone: so is the container. Processes that
             // outlived it (no private pid namespace) go too, as with runc.
             let _ = self.runtime.kill(&r.container, libc::SIGKILL, true);
+            let mut oom_killed = false;
             if let Ok(stats) = self.runtime.stats(&r.container) {
                 if stats.oom_kills > c.oom_kills_reported {
+                    oom_killed = true;
                     c.oom_kills_reported = stats.oom_kills;
                     self.events.oom(ev::TaskOOM {
                         container_id: r.container.clone(),
                         ..Default::default()
                     });
                 }
+            }
+            if let Some(b) = c.plugins.as_ref().filter(|b| b.started_at.is_some()) {
+                let event = b.exit_event(&r.container, r.pid, &r.exit, oom_killed);
+                plugins::notify(&self.plugins, b.config.clone(), move |host| {
+                    host.on_exit(&event);
+                });
             }
         }
         let p = if r.exec_id.is_empty() {
@@ -161,6 +173,31 @@ fn exit_event(container: &str, p: &Proc) -> ev::TaskExit {
     }
 }
 
+/// Settles the spec the container is created with, before anything
+/// exists: the policy plugins' verdict and edits, written back to the
+/// bundle's config.json. A denial is returned as the error.
+fn prepare_spec(
+    shim: &Shim,
+    id: &str,
+    bundle: &Path,
+    plugin_config: Option<PathBuf>,
+    profile: Profile,
+) -> Result<Option<plugins::Binding>> {
+    let Some(config) = plugin_config else {
+        return Ok(None);
+    };
+    let host = shim.plugins.host(&config)?;
+    let mut spec = husk_runtime::spec::load(bundle)?;
+    let original = spec.clone();
+    plugins::on_create(&host, id, &mut spec, profile, bundle)?;
+    if spec != original {
+        let json = serde_json::to_vec(&spec)
+            .map_err(|e| ShimError::Internal(format!("serializing the edited spec: {e}")))?;
+        husk_runtime::state::write_atomic(&bundle.join("config.json"), &json)?;
+    }
+    Ok(Some(plugins::Binding::new(config, &spec)))
+}
+
 fn need(field: &str, value: &str) -> Result<()> {
     if value.is_empty() {
         return Err(ShimError::InvalidArgument(format!(
@@ -200,6 +237,8 @@ impl TaskService {
             req.terminal,
         );
         let mounts = req.rootfs.clone();
+        let plugin_config = plugins::config_path(req.options.as_ref())?;
+        let profile = self.profile;
         self.shim.lock().launches_in_flight += 1;
         let result = self
             .shim
@@ -207,6 +246,7 @@ impl TaskService {
                 let (id, bundle) = (id.clone(), bundle.clone());
                 let (stdin, stdout, stderr) = (stdin.clone(), stdout.clone(), stderr.clone());
                 move |shim| {
+                    let binding = prepare_spec(shim, &id, &bundle, plugin_config, profile)?;
                     let mounted = rootfs::mount(&bundle, &mounts)?;
                     let created = (|| {
                         let (pio, mut keep) = io::open(&stdin, &stdout, &stderr, terminal)?;
@@ -225,7 +265,7 @@ impl TaskService {
                         Ok((started.pid, keep))
                     })();
                     match created {
-                        Ok((pid, keep)) => Ok((pid, keep, mounted)),
+                        Ok((pid, keep)) => Ok((pid, keep, mounted, binding)),
                         Err(e) => {
                             if let Some(m) = &mounted {
                                 rootfs::unmount(m);
@@ -238,11 +278,12 @@ impl TaskService {
             .await;
         let mut st = self.shim.lock();
         st.launches_in_flight -= 1;
-        let (pid, keep, mounted) = result?;
+        let (pid, keep, mounted, binding) = result?;
         let container = Container {
             id: id.clone(),
             bundle: bundle.clone(),
             rootfs_mount: mounted,
+            plugins: binding,
             init: Proc {
                 pid,
                 stdin: stdin.clone(),
@@ -307,6 +348,13 @@ impl TaskService {
         let c = st.container_mut(id)?;
         c.init.started = true;
         let pid = c.init.pid;
+        if let Some(b) = c.plugins.as_mut() {
+            b.started_at = Some(std::time::SystemTime::now());
+            let event = b.start_event(id, pid);
+            plugins::notify(&self.shim.plugins, b.config.clone(), move |host| {
+                host.on_start(&event);
+            });
+        }
         self.shim.events.task_start(ev::TaskStart {
             container_id: id.into(),
             pid: pid as u32,
@@ -835,6 +883,15 @@ impl Task for TaskService {
         _req: api::ShutdownRequest,
     ) -> TtrpcResult<api::Empty> {
         if self.shim.lock().containers.is_empty() {
+            // Exit hooks of the containers just deleted may still run.
+            let _ = self
+                .shim
+                .blocking(|shim| {
+                    shim.plugins
+                        .wait_for_hooks(std::time::Duration::from_secs(2));
+                    Ok(())
+                })
+                .await;
             self.shim.shutdown.notify_one();
         }
         Ok(api::Empty::new())

@@ -53,9 +53,13 @@ pub struct Container {
     pub paused: bool,
     /// OOM kills already reported as `/tasks/oom`.
     pub oom_kills_reported: u64,
+    /// The plugin config whose lifecycle hooks see this container.
+    #[serde(default)]
+    pub plugins: Option<crate::plugins::Binding>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Proc {
     /// Empty for the container's init.
     pub exec_id: String,

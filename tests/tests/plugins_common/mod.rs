@@ -3,34 +3,14 @@
 //! component is compiled once per checkout, not once per test), and specs.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use husk_plugins::config::PluginConfig;
 use husk_plugins::{HostConfig, PluginHost};
 use oci_spec::runtime::Spec;
 
-/// `examples/plugins/build/<file>`, or `$HUSK_PLUGINS_OUT/<file>`.
-pub fn plugin_file(file: &str) -> PathBuf {
-    let dir = std::env::var_os("HUSK_PLUGINS_OUT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/plugins/build")
-        });
-    let path = dir.join(file);
-    assert!(
-        path.exists(),
-        "{} is missing: build the example plugins with scripts/build-plugins.sh \
-         (after scripts/install-deps.sh)",
-        path.display()
-    );
-    path
-}
-
 /// The compile cache every plugin test shares.
-pub fn cache_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("husk-plugin-cache")
-}
+pub use husk_tests::plugin_config::{plugin_file, shared_cache_dir as cache_dir};
 
 /// A plugin config with the defaults (enforce, deny on error, 100 ms, 64 MiB, no grants).
 pub fn plugin(name: &str, file: &str) -> PluginConfig {
