@@ -114,6 +114,13 @@ enum Command {
     },
     /// Print what this runtime supports, as JSON.
     Features,
+    /// Print the effective hardened profile (containerd-shim-husk-hardened-v2's),
+    /// as TOML: --profile FILE, else $HUSK_HARDENED_PROFILE, else
+    /// /etc/husk/hardened.toml, else the defaults.
+    HardenedProfile {
+        #[arg(long)]
+        profile: Option<PathBuf>,
+    },
     /// Change a container's resource limits.
     Update(Box<UpdateArgs>),
     /// Print resource usage and OOM events.
@@ -277,6 +284,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Resume { id } => rt.resume(&id)?,
         Command::Spec { bundle } => write_spec(&bundle, cli.rootless.as_deref() == Some("true"))?,
         Command::Features => println!("{}", pretty(&features())),
+        Command::HardenedProfile { profile } => print!("{}", hardened_profile(profile.as_deref())?),
         Command::Update(args) => update(&rt, *args)?,
         Command::Events {
             stats,
@@ -525,9 +533,38 @@ fn features() -> serde_json::Value {
         },
         "annotations": {
             "io.husk.runtime.version": env!("CARGO_PKG_VERSION"),
-            "io.husk.runtime.exe-protection": "sealed-memfd"
+            "io.husk.runtime.exe-protection": "sealed-memfd",
+            "io.husk.runtime.landlock": husk_runtime::landlock::abi()
+                .map_or("unsupported".to_string(), |abi| format!("abi-{abi}")),
+            "io.husk.runtime.seccomp-stacking": husk_runtime::seccomp::STACKED_ANNOTATION
         }
     })
+}
+
+/// The effective hardened profile as TOML, with where it came from and
+/// what this kernel makes of it.
+fn hardened_profile(path: Option<&Path>) -> Result<String> {
+    use husk_runtime::hardened::Profile;
+    let loaded = match path {
+        Some(p) => Profile::load(p).map(|profile| (profile, Some(p.to_path_buf()))),
+        None => Profile::effective(),
+    };
+    let (profile, source) = loaded.map_err(|e| Error::Unsupported(e.to_string()))?;
+    let source = match source {
+        Some(p) => p.display().to_string(),
+        None => format!(
+            "built-in defaults ({} does not exist)",
+            husk_runtime::hardened::DEFAULT_PROFILE_PATH
+        ),
+    };
+    let landlock = match husk_runtime::landlock::abi() {
+        Some(abi) => format!("Landlock ABI {abi} on this kernel"),
+        None => "no Landlock on this kernel: skipped".into(),
+    };
+    Ok(format!(
+        "# husk hardened profile, from {source}\n# {landlock}\n{}",
+        profile.to_toml()
+    ))
 }
 
 fn update(rt: &Runtime, a: UpdateArgs) -> Result<()> {
