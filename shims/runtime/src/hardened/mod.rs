@@ -4,14 +4,17 @@
 //! The operator tunes it in one TOML file ([`Profile`], documented in
 //! docs/hardened.md); the workload's spec never can. [`harden_spec`]
 //! rewrites a spec to the profile, and is pure: everything that needs the
-//! host (the uid range of [`ids`]) is done by the caller and handed in.
+//! host (the uid range of [`ids`], the bundle checks of [`bundle`]) is done
+//! by the caller and handed in.
 //!
 //! | module | concept |
 //! | --- | --- |
 //! | [`seccomp_default`] | the default seccomp allow-list, in Rust data |
 //! | [`spec`] | `harden_spec`: the rewrite of a spec to the profile |
 //! | [`ids`] | per-container host uid/gid ranges, allocated and released |
+//! | [`bundle`] | refusing bundles that reach host paths through symlinks |
 
+pub mod bundle;
 pub mod ids;
 pub mod seccomp_default;
 pub mod spec;
@@ -21,6 +24,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::Capability;
 use serde::{Deserialize, Serialize};
 
+pub use bundle::check_bundle;
 pub use ids::{IdAllocator, IdRange};
 pub use spec::{harden_process, harden_spec, HardenContext, HardeningReport};
 

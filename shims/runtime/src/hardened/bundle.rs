@@ -1,0 +1,214 @@
+//! Refusing bundles whose paths lead to the host by indirection: a rootfs
+//! or bind-mount source that resolves through a symlink, and namespace
+//! paths that are the host's own namespaces.
+//!
+//! A symlink planted where an operator expects a volume directory (or in
+//! an unpacked bundle) would have the runtime mount whatever it points at,
+//! /etc or /, into an untrusted container. The runtime itself resolves
+//! mount *destinations* inside the rootfs; this is about *sources*, which
+//! live on the host. A hardened container takes only real paths: the error
+//! names the symlink and its target, so an operator who means it can give
+//! the resolved path instead.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use super::{Error, Result};
+
+/// Checks the rootfs, every bind-mount source and every namespace path of
+/// `spec`, whose bundle is `bundle`.
+pub fn check_bundle(spec: &Spec, bundle: &Path) -> Result<()> {
+    let bundle = std::path::absolute(bundle).map_err(|e| Error::Io {
+        context: format!("resolve bundle path {}", bundle.display()),
+        source: e,
+    })?;
+    if let Some(root) = spec.root() {
+        let (base, rel) = split(&bundle, root.path());
+        if let Some((link, target)) = first_symlink(&base, &rel)? {
+            return Err(Error::Refused(format!(
+                "root.path {} resolves through the symlink {} -> {} to a host path; \
+                 hardened containers refuse symlinked root filesystems: point root.path at the real directory",
+                root.path().display(),
+                link.display(),
+                target.display()
+            )));
+        }
+    }
+    for m in spec.mounts().iter().flatten() {
+        let bind = m.typ().as_deref() == Some("bind")
+            || m.options()
+                .iter()
+                .flatten()
+                .any(|o| o == "bind" || o == "rbind");
+        let Some(source) = m.source().as_ref().filter(|_| bind) else {
+            continue;
+        };
+        let (base, rel) = split(&bundle, source);
+        if let Some((link, target)) = first_symlink(&base, &rel)? {
+            return Err(Error::Refused(format!(
+                "mount {}: source {} resolves through the symlink {} -> {} to a host path; \
+                 hardened containers refuse symlinked mount sources: give the resolved path if that is really what should be mounted",
+                m.destination().display(),
+                source.display(),
+                link.display(),
+                target.display()
+            )));
+        }
+    }
+    for ns in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let Some(path) = ns.path() else { continue };
+        if is_host_namespace(ns.typ(), path) {
+            return Err(Error::Refused(format!(
+                "linux.namespaces: {} is the host's own {} namespace; a hardened container gets a private one: remove the path",
+                path.display(),
+                ns.typ()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// (where the walk starts, the components to walk): absolute paths walk
+/// from "/", relative ones from the bundle (whose own path is the
+/// caller's, trusted).
+fn split(bundle: &Path, path: &Path) -> (PathBuf, Vec<PathBuf>) {
+    let (base, path) = if path.is_absolute() {
+        (PathBuf::from("/"), path)
+    } else {
+        (bundle.to_path_buf(), path)
+    };
+    let rel = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(PathBuf::from(n)),
+            Component::ParentDir => Some(PathBuf::from("..")),
+            _ => None,
+        })
+        .collect();
+    (base, rel)
+}
+
+/// The first component under `base` that is a symlink, with its target.
+/// A missing component ends the walk (the runtime reports missing paths).
+fn first_symlink(base: &Path, rel: &[PathBuf]) -> Result<Option<(PathBuf, PathBuf)>> {
+    let mut at = base.to_path_buf();
+    for c in rel {
+        at.push(c);
+        let meta = match std::fs::symlink_metadata(&at) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(Error::Io {
+                    context: format!("inspect {}", at.display()),
+                    source: e,
+                })
+            }
+        };
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&at).unwrap_or_default();
+            return Ok(Some((at, target)));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether `path` is the namespace of type `t` the caller (the shim, in
+/// the host's namespaces) is in.
+fn is_host_namespace(t: LinuxNamespaceType, path: &Path) -> bool {
+    let own = Path::new("/proc/self/ns").join(crate::namespaces::proc_name(t));
+    match (std::fs::metadata(path), std::fs::metadata(own)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn spec(root: &str, mounts: serde_json::Value) -> Spec {
+        serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": root},
+            "mounts": mounts,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn real_paths_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("rootfs")).unwrap();
+        std::fs::create_dir_all(dir.path().join("vol")).unwrap();
+        let vol = dir.path().join("vol");
+        let s = spec(
+            "rootfs",
+            serde_json::json!([
+                {"destination": "/data", "type": "bind", "source": vol, "options": ["rbind"]},
+                {"destination": "/proc", "type": "proc", "source": "proc"}
+            ]),
+        );
+        check_bundle(&s, dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_symlinked_rootfs_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        symlink("/", dir.path().join("rootfs")).unwrap();
+        let err = check_bundle(&spec("rootfs", serde_json::json!([])), dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("root.path rootfs") && err.contains("-> /"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_mount_source_through_a_symlinked_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("rootfs")).unwrap();
+        symlink("/etc", dir.path().join("volumes")).unwrap();
+        let source = dir.path().join("volumes/passwd");
+        let s = spec(
+            "rootfs",
+            serde_json::json!([
+                {"destination": "/data", "source": source, "options": ["rbind", "ro"]}
+            ]),
+        );
+        let err = check_bundle(&s, dir.path()).unwrap_err().to_string();
+        assert!(err.contains("mount /data"), "{err}");
+        assert!(err.contains("-> /etc"), "{err}");
+        assert!(err.contains("resolved path"), "{err}");
+        // Not a bind mount: the source is not a host path.
+        let s = spec(
+            "rootfs",
+            serde_json::json!([{"destination": "/data", "type": "tmpfs", "source": source}]),
+        );
+        check_bundle(&s, dir.path()).unwrap();
+    }
+
+    #[test]
+    fn the_host_namespaces_are_refused_by_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("rootfs")).unwrap();
+        let mut s = spec("rootfs", serde_json::json!([]));
+        s.set_linux(Some(
+            serde_json::from_value(serde_json::json!({
+                "namespaces": [{"type": "network", "path": "/proc/self/ns/net"}]
+            }))
+            .unwrap(),
+        ));
+        let err = check_bundle(&s, dir.path()).unwrap_err().to_string();
+        assert!(err.contains("host's own net namespace"), "{err}");
+    }
+}
