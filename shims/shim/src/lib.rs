@@ -24,6 +24,7 @@ pub mod args;
 pub mod delete;
 pub mod error;
 pub mod events;
+pub mod hardening;
 pub mod io;
 pub mod metrics;
 pub mod plugins;
