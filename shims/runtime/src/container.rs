@@ -150,6 +150,17 @@ impl Runtime {
         sys::mkfifo(&fifo, 0o600).context(|| format!("create exec fifo {}", fifo.display()))?;
 
         let namespaces = Plan::from_spec(&spec);
+        let stdio_owner = namespaces
+            .creates(LinuxNamespaceType::User)
+            .then(|| {
+                crate::init::stdio_owner(
+                    &namespaces::format_id_map(linux.uid_mappings().as_deref().unwrap_or_default()),
+                    &namespaces::format_id_map(linux.gid_mappings().as_deref().unwrap_or_default()),
+                    process.user().uid(),
+                    process.user().gid(),
+                )
+            })
+            .flatten();
         let mut config = InitConfig {
             time_offsets: linux.time_offsets().clone(),
             process: process.clone(),
@@ -174,6 +185,7 @@ impl Runtime {
             preserve_fds: opts.preserve_fds + listen_fds(),
             seccomp: None,
             landlock: crate::landlock::requested(spec.annotations().as_ref()),
+            stdio_owner,
         };
         let uid_maps = linux.uid_mappings().clone().unwrap_or_default();
         let gid_maps = linux.gid_mappings().clone().unwrap_or_default();
@@ -383,9 +395,10 @@ impl Runtime {
         if !args_ok {
             return Err(Error::invalid_spec("exec needs a command to run"));
         }
+        let joined = namespaces::of_process(record.pid)?;
         let config = InitConfig {
             namespaces: Plan {
-                join: namespaces::of_process(record.pid)?,
+                join: joined.clone(),
                 create: Vec::new(),
             },
             time_offsets: None,
@@ -399,6 +412,7 @@ impl Runtime {
                 (None, None) => None,
             },
             landlock: crate::landlock::requested(Some(&record.annotations)),
+            stdio_owner: exec_stdio_owner(&joined, record.pid, process),
         };
         let launched = launch::launch(
             config,
@@ -427,6 +441,25 @@ fn wrong_state(id: &str, status: Status, action: &str) -> Error {
         status: status.to_string(),
         action: action.into(),
     }
+}
+
+/// For `exec` into a container with its own user namespace: the host ids
+/// the exec'd process's stdio must belong to (see `InitConfig`).
+fn exec_stdio_owner(
+    joined: &[(LinuxNamespaceType, PathBuf)],
+    pid: i32,
+    process: &Process,
+) -> Option<(u32, u32)> {
+    if !joined.iter().any(|(t, _)| *t == LinuxNamespaceType::User) {
+        return None;
+    }
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).ok();
+    crate::init::stdio_owner(
+        &read("uid_map")?,
+        &read("gid_map")?,
+        process.user().uid(),
+        process.user().gid(),
+    )
 }
 
 /// Sends the pty master to the console socket, or returns it to the caller.

@@ -50,6 +50,30 @@ pub struct InitConfig {
     /// (the `io.husk.landlock` annotation; see `landlock.rs`).
     #[serde(default)]
     pub landlock: bool,
+    /// In a user namespace: the host uid/gid the process's stdio FIFOs,
+    /// pipes and sockets are given to, so it can reopen them (/dev/stdout).
+    #[serde(default)]
+    pub stdio_owner: Option<(u32, u32)>,
+}
+
+/// The host ids that `uid`/`gid` are under these maps (the text of
+/// /proc/PID/uid_map and gid_map): who must own the stdio of a process
+/// in that user namespace. `None` if either id is unmapped.
+pub fn stdio_owner(uid_map: &str, gid_map: &str, uid: u32, gid: u32) -> Option<(u32, u32)> {
+    fn host(map: &str, id: u32) -> Option<u32> {
+        map.lines().find_map(|line| {
+            let f: Vec<u64> = line
+                .split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            let (inside, outside, count) = (*f.first()?, *f.get(1)?, *f.get(2)?);
+            let id = u64::from(id);
+            (id >= inside && id < inside + count)
+                .then(|| u32::try_from(outside + id - inside).ok())
+                .flatten()
+        })
+    }
+    Some((host(uid_map, uid)?, host(gid_map, gid)?))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -149,6 +173,12 @@ fn intermediate(channel: &mut Channel) -> Result<()> {
         ),
         None => None,
     };
+    if let Some((uid, gid)) = config.stdio_owner {
+        // Still host root here: afterwards the process cannot chown them.
+        for fd in 0..3 {
+            let _ = sys::fchown_stream(fd, uid, gid);
+        }
+    }
     let plan = &config.namespaces;
     namespaces::join(&plan.join)?;
     if plan.creates(LinuxNamespaceType::User) {
@@ -285,4 +315,19 @@ fn container_init(
         filter.load()?;
     }
     Err(exec.run())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stdio_owner_maps_through_the_ranges() {
+        let map = "0 1048576 65536\n";
+        assert_eq!(super::stdio_owner(map, map, 0, 0), Some((1048576, 1048576)));
+        assert_eq!(
+            super::stdio_owner(map, map, 1000, 5),
+            Some((1049576, 1048581))
+        );
+        assert_eq!(super::stdio_owner(map, map, 70000, 0), None);
+        assert_eq!(super::stdio_owner("", map, 0, 0), None);
+    }
 }

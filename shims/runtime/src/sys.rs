@@ -703,6 +703,22 @@ pub fn landlock_restrict_self(ruleset: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Gives `fd` to `uid`:`gid` if it is a FIFO, pipe or socket owned by
+/// someone else (stdio the container must be able to reopen from its user
+/// namespace). Devices and files are left alone. Returns whether it changed.
+pub fn fchown_stream(fd: RawFd, uid: u32, gid: u32) -> io::Result<bool> {
+    // SAFETY: `st` is a valid out-parameter for fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstat(fd, &mut st) })?;
+    let kind = st.st_mode & libc::S_IFMT;
+    if (kind != libc::S_IFIFO && kind != libc::S_IFSOCK) || (st.st_uid, st.st_gid) == (uid, gid) {
+        return Ok(false);
+    }
+    // SAFETY: plain integer arguments.
+    check(unsafe { libc::fchown(fd, uid, gid) })?;
+    Ok(true)
+}
+
 /// The seals set on a memfd (F_GET_SEALS).
 pub fn memfd_seals(fd: RawFd) -> io::Result<libc::c_int> {
     // SAFETY: F_GET_SEALS only reads.

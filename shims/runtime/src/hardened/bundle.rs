@@ -37,12 +37,7 @@ pub fn check_bundle(spec: &Spec, bundle: &Path) -> Result<()> {
         }
     }
     for m in spec.mounts().iter().flatten() {
-        let bind = m.typ().as_deref() == Some("bind")
-            || m.options()
-                .iter()
-                .flatten()
-                .any(|o| o == "bind" || o == "rbind");
-        let Some(source) = m.source().as_ref().filter(|_| bind) else {
+        let Some(source) = m.source().as_ref().filter(|_| is_bind(m)) else {
             continue;
         };
         let (base, rel) = split(&bundle, source);
@@ -74,6 +69,60 @@ pub fn check_bundle(spec: &Spec, bundle: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Creates, as the caller (host root), the mount points of `spec` that
+/// the rootfs lacks. In a user namespace the container's root is an
+/// unprivileged host uid that cannot create directories in an image owned
+/// by host root, so they must exist before it starts. Mount points inside
+/// another mount of the spec (/dev/pts in /dev) are left to the container,
+/// which owns those file systems. Returns what was created.
+pub fn create_mount_points(spec: &Spec, bundle: &Path) -> Result<Vec<PathBuf>> {
+    let rootfs = match crate::spec::rootfs(spec, bundle) {
+        Ok(r) => r,
+        // The runtime reports a missing rootfs with its own message.
+        Err(_) => return Ok(Vec::new()),
+    };
+    let mounts: Vec<_> = spec.mounts().iter().flatten().collect();
+    let mut created = Vec::new();
+    for (i, m) in mounts.iter().enumerate() {
+        let dest = m.destination();
+        let nested = mounts[..i].iter().any(|earlier| {
+            dest != earlier.destination() && dest.starts_with(earlier.destination())
+        });
+        if nested {
+            continue;
+        }
+        let host = crate::paths::resolve_in_root(&rootfs, dest)
+            .map_err(|e| Error::Refused(e.to_string()))?;
+        if std::fs::symlink_metadata(&host).is_ok() {
+            continue;
+        }
+        let file = m
+            .source()
+            .as_ref()
+            .filter(|_| is_bind(m))
+            .and_then(|s| std::fs::metadata(s).ok())
+            .is_some_and(|meta| !meta.is_dir());
+        crate::paths::create_mount_point(&host, file).map_err(|e| Error::Io {
+            context: format!(
+                "create the mount point {} in the rootfs {} (the container's root cannot, in its user namespace)",
+                dest.display(),
+                rootfs.display()
+            ),
+            source: e,
+        })?;
+        created.push(dest.clone());
+    }
+    Ok(created)
+}
+
+fn is_bind(m: &oci_spec::runtime::Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || m.options()
+            .iter()
+            .flatten()
+            .any(|o| o == "bind" || o == "rbind")
 }
 
 /// (where the walk starts, the components to walk): absolute paths walk
@@ -195,6 +244,37 @@ mod tests {
             serde_json::json!([{"destination": "/data", "type": "tmpfs", "source": source}]),
         );
         check_bundle(&s, dir.path()).unwrap();
+    }
+
+    #[test]
+    fn missing_mount_points_are_created_except_inside_other_mounts() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("rootfs/proc")).unwrap();
+        std::fs::write(dir.path().join("hostfile"), "x").unwrap();
+        // An image symlink is followed inside the rootfs, never out of it.
+        symlink("/var/tmp", dir.path().join("rootfs/tmp")).unwrap();
+        let s = spec(
+            "rootfs",
+            serde_json::json!([
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts"},
+                {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"},
+                {"destination": "/etc/hostname", "type": "bind", "source": dir.path().join("hostfile"), "options": ["rbind"]}
+            ]),
+        );
+        let created = create_mount_points(&s, dir.path()).unwrap();
+        assert_eq!(
+            created,
+            ["/dev", "/tmp", "/etc/hostname"].map(PathBuf::from)
+        );
+        let root = dir.path().join("rootfs");
+        assert!(root.join("dev").is_dir());
+        assert!(!root.join("dev/pts").exists());
+        assert!(root.join("var/tmp").is_dir());
+        assert!(root.join("etc/hostname").is_file());
+        // Idempotent.
+        assert!(create_mount_points(&s, dir.path()).unwrap().is_empty());
     }
 
     #[test]
