@@ -10,7 +10,8 @@
 //!
 //! Call points (service.rs):
 //! - create: [`apply_to_bundle`] (or [`apply`] on a spec the caller then
-//!   writes to `BUNDLE/config.json`) after plugins changed the spec and
+//!   writes to `BUNDLE/config.json`) after plugins changed the spec, after
+//!   the rootfs is mounted (missing mount points are created in it) and
 //!   before `Runtime::create`; on a later failure of the create, [`release`];
 //! - exec: [`apply_exec`] on the process before `Runtime::exec`;
 //! - delete (the Task service's and `delete.rs`'s): [`release`].
@@ -18,8 +19,8 @@
 use std::path::Path;
 
 use husk_runtime::hardened::{
-    check_bundle, harden_process, harden_spec, HardenContext, HardeningReport, IdAllocator,
-    Profile as HardenedProfile,
+    check_bundle, create_mount_points, harden_process, harden_spec, HardenContext, HardeningReport,
+    IdAllocator, Profile as HardenedProfile,
 };
 use oci_spec::runtime::{Process, Spec};
 
@@ -60,7 +61,14 @@ pub fn apply(
         container_id: container_id.to_string(),
         ids,
     };
-    match harden_spec(spec, &hardened, &ctx) {
+    let hardened_spec = harden_spec(spec, &hardened, &ctx).and_then(|report| {
+        // The container's root cannot create them in a root-owned image.
+        if ids.is_some() {
+            create_mount_points(spec, bundle)?;
+        }
+        Ok(report)
+    });
+    match hardened_spec {
         Ok(report) => {
             tracing::info!(
                 container = container_id,
