@@ -1,6 +1,7 @@
 //! containerd's shim command line: Go `flag` syntax (`-namespace ns`,
-//! `--namespace=ns`, `-debug`) followed by an action (`start`, `delete`),
-//! or no action for the daemon that serves the Task API.
+//! `--namespace=ns`, `-debug`) followed by an action (`start`, `delete`,
+//! husk's own `upgrade`), or no action for the daemon that serves the Task
+//! API.
 
 use crate::error::ShimError;
 
@@ -13,8 +14,11 @@ pub struct Args {
     pub address: String,
     pub publish_binary: String,
     pub bundle: String,
-    /// The daemon's listening socket address, passed on by `start`.
+    /// The daemon's listening socket address, passed on by `start` (and
+    /// accepted by `upgrade`).
     pub socket: String,
+    /// `upgrade -binary PATH`: the new binary.
+    pub binary: String,
     pub debug: bool,
     pub version: bool,
     pub action: Action,
@@ -27,6 +31,8 @@ pub enum Action {
     Serve,
     Start,
     Delete,
+    /// `upgrade`: ask the running shim to swap its binary live.
+    Upgrade,
 }
 
 impl Args {
@@ -56,7 +62,8 @@ impl Args {
                         args.version = on;
                     }
                 }
-                "namespace" | "id" | "address" | "publish-binary" | "bundle" | "socket" => {
+                "namespace" | "id" | "address" | "publish-binary" | "bundle" | "socket"
+                | "binary" => {
                     let value = match inline {
                         Some(v) => v,
                         None => it.next().ok_or_else(|| {
@@ -69,6 +76,7 @@ impl Args {
                         "address" => &mut args.address,
                         "publish-binary" => &mut args.publish_binary,
                         "bundle" => &mut args.bundle,
+                        "binary" => &mut args.binary,
                         _ => &mut args.socket,
                     };
                     *slot = value;
@@ -84,9 +92,10 @@ impl Args {
             None => Action::Serve,
             Some("start") => Action::Start,
             Some("delete") => Action::Delete,
+            Some("upgrade") => Action::Upgrade,
             Some(other) => {
                 return Err(ShimError::InvalidArgument(format!(
-                    "unknown action {other:?}: expected `start`, `delete` or none"
+                    "unknown action {other:?}: expected `start`, `delete`, `upgrade` or none"
                 )))
             }
         };
@@ -138,6 +147,14 @@ mod tests {
         assert_eq!(a.id, "abc");
         assert_eq!(a.bundle, "/b");
         assert_eq!(a.action, Action::Delete);
+    }
+
+    #[test]
+    fn upgrade_with_a_binary() {
+        let a = parse("-namespace default -address /c.sock -id x1 upgrade -binary /new/shim");
+        assert_eq!(a.action, Action::Upgrade);
+        assert_eq!(a.binary, "/new/shim");
+        assert_eq!(a.id, "x1");
     }
 
     #[test]

@@ -10,7 +10,11 @@
 //! | [`args`] | containerd's shim flags |
 //! | [`start`] | `start`: socket naming, grouping, daemonizing |
 //! | [`delete`] | `delete`: cleanup after a dead shim |
-//! | [`server`] | the daemon: ttrpc server, SIGCHLD, shutdown |
+//! | [`server`] | the daemon: startup (fresh or inherited), SIGCHLD, SIGUSR2, idle exit, shutdown |
+//! | [`ttrpc_server`] | the ttrpc server: framing, dispatch, quiesce, adopting connections |
+//! | [`swap`] | live shim swap: probe, quiesce, exec, take over, roll back; `husk.shim.v1.Shim` |
+//! | [`handover`] | the state and descriptors passed across `execve` |
+//! | [`upgrade`] | `upgrade`: asking a running shim to swap |
 //! | [`service`] | the Task service |
 //! | [`state`] | all state, in one serializable struct |
 //! | [`reaper`] | subreaper, reaping by pid, orphan sweep |
@@ -25,6 +29,7 @@ pub mod delete;
 pub mod error;
 pub mod events;
 pub mod hardening;
+pub mod handover;
 pub mod io;
 pub mod metrics;
 pub mod plugins;
@@ -34,6 +39,9 @@ pub mod server;
 pub mod service;
 pub mod start;
 pub mod state;
+pub mod swap;
+pub mod ttrpc_server;
+pub mod upgrade;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -73,6 +81,13 @@ pub fn main(profile: Profile) -> ! {
         .is_some_and(|a| a == husk_runtime::sealed_exe::INIT_ARG)
     {
         husk_runtime::init::main();
+    }
+    // The probe a live swap runs before executing this binary.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == handover::CHECK_FLAG)
+    {
+        swap::answer_probe(profile, std::env::args().nth(2).as_deref());
     }
     let args = match Args::parse(std::env::args().skip(1)) {
         Ok(a) => a,
@@ -120,11 +135,37 @@ pub fn main(profile: Profile) -> ! {
                 Err(e) => fail(&format!("delete: {e}")),
             }
         }
+        Action::Upgrade => {
+            init_logging(&args, None);
+            match upgrade::run(&args) {
+                Ok(report) => {
+                    println!("{report}");
+                    std::process::exit(0)
+                }
+                Err(e) => fail(&format!("upgrade: {e}")),
+            }
+        }
         Action::Serve => {
-            // containerd reads the shim's log from the `log` FIFO in the
-            // bundle (our working directory).
-            init_logging(&args, open_log_fifo());
-            match server::serve(&args, profile) {
+            // A successor of a live swap inherits everything, its log FIFO
+            // included; a fresh daemon opens the `log` FIFO containerd reads
+            // in the bundle (our working directory).
+            let inherited = match handover::inherited() {
+                Some(Ok(fd)) => Some(fd),
+                Some(Err(e)) => fail(&e),
+                None => None,
+            };
+            let log = match &inherited {
+                Some(memfd) => handover::Handover::read(memfd)
+                    .ok()
+                    .and_then(|h| h.log)
+                    .and_then(inherited_log),
+                None => open_log_fifo(),
+            };
+            if let Some(f) = &log {
+                handover::set_log_fd(std::os::fd::AsRawFd::as_raw_fd(f));
+            }
+            init_logging(&args, log);
+            match server::serve(&args, profile, inherited) {
                 Ok(()) => std::process::exit(0),
                 Err(e) => {
                     tracing::error!("{e}");
@@ -151,6 +192,16 @@ fn open_log_fifo() -> Option<std::fs::File> {
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
     );
     Some(std::fs::File::from(fd))
+}
+
+/// The log FIFO a previous binary handed over (left open by the takeover).
+fn inherited_log(fd: std::os::fd::RawFd) -> Option<std::fs::File> {
+    // SAFETY: checked open; the handover lists it once and the takeover
+    // (`swap::take_over`) leaves it to this File.
+    let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    nix::fcntl::fcntl(b, nix::fcntl::FcntlArg::F_GETFD).ok()?;
+    // SAFETY: as above.
+    Some(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 fn init_logging(args: &Args, file: Option<std::fs::File>) {

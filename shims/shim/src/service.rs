@@ -135,8 +135,9 @@ impl Shim {
                 None => return,
             }
         };
+        // The output keep-alive readers stay until Delete: what the process
+        // wrote last must stay in the FIFO for a client that is away.
         p.io.stdin_stop = None;
-        p.io.output_keepalive.clear();
         p.io.copier_stop = None;
         if p.started && !p.exit_published {
             p.exit_published = true;

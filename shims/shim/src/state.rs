@@ -1,10 +1,14 @@
 //! All the shim's state, in one plain struct.
 //!
-//! Everything a successor binary needs to take over (live shim swap, issue
-//! 7) lives in [`ShimState`]: it serializes to JSON. The only parts that do
-//! not are the open descriptors of [`ProcIo`], which a successor inherits
-//! across execve instead (their numbers can be recorded then), and the
-//! runtime-only counters marked `serde(skip)`.
+//! Everything a successor binary needs to take over (live shim swap, see
+//! `swap.rs` and docs/live-swap.md) lives in [`ShimState`]: it serializes
+//! to JSON. The only parts that do not are the open descriptors of
+//! [`ProcIo`], which a successor inherits across execve instead (the
+//! handover lists their numbers, see `io::IoFds`), and the runtime-only
+//! counters marked `serde(skip)`.
+//!
+//! A newer binary reads an older binary's state: fields added later carry
+//! `#[serde(default)]` (the struct-level one on [`ShimState`]).
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -15,12 +19,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ShimError};
+use crate::io::Pump;
 use crate::Profile;
 
 /// The version of the serialized form, for a successor that reads it.
 pub const STATE_VERSION: u32 = 1;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ShimState {
     pub version: u32,
     pub profile: Profile,
@@ -36,6 +42,19 @@ pub struct ShimState {
     /// The runtime library's state root.
     pub runtime_root: PathBuf,
     pub containers: BTreeMap<String, Container>,
+    /// The binary serving now: what `Info` reports, and what a swap
+    /// without a binary (SIGUSR2, `upgrade` without `-binary`) execs again
+    /// (the file now at that path: an upgrade installed on disk).
+    pub binary: PathBuf,
+    /// When the shim's first binary started (unix seconds).
+    pub started_at: i64,
+    /// When the binary serving now took over (unix seconds).
+    pub serving_since: i64,
+    /// Live swaps so far.
+    pub swaps: u32,
+    /// A Create was received (a shim that never gets one exits after its
+    /// idle timeout).
+    pub ever_created: bool,
     /// Launches (create, exec start) under way: their process may exit
     /// before its pid is recorded, so orphan sweeping waits for them.
     #[serde(skip)]
@@ -43,6 +62,7 @@ pub struct ShimState {
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Container {
     pub id: String,
     pub bundle: PathBuf,
@@ -82,19 +102,23 @@ pub struct Proc {
 }
 
 /// Descriptors a process's stdio depends on. Carried across a live swap by
-/// inheritance, not serialization.
+/// inheritance, not serialization (`ProcIo::park`, `io::IoHandover`).
 #[derive(Debug, Default)]
 pub struct ProcIo {
-    /// Dropping this stops the stdin pump (CloseIO, exit): the process's
-    /// stdin pipe reaches EOF.
-    pub stdin_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The stdin pump. Dropping it (CloseIO, exit) closes the process's
+    /// stdin pipe: the process reads EOF.
+    pub stdin_stop: Option<Pump>,
     /// Readers of stdout/stderr FIFOs, kept so the process's writes never
-    /// fail with EPIPE when the client goes away (`ctr run -d`).
+    /// fail with EPIPE when the client goes away (`ctr run -d`), and kept
+    /// until Delete, so what the process wrote last stays readable in the
+    /// FIFO for a client that reconnects after the exit.
     pub output_keepalive: Vec<OwnedFd>,
     /// The pty master of a terminal process.
     pub console: Option<Arc<OwnedFd>>,
-    /// Dropping this stops the terminal's stdin copier.
-    pub copier_stop: Option<OwnedFd>,
+    /// The terminal's stdin copier; dropping it stops it.
+    pub copier_stop: Option<Pump>,
+    /// The terminal's output copier; it runs until the terminal closes.
+    pub tty_out: Option<Pump>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
