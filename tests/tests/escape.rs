@@ -1,0 +1,210 @@
+//! The escape suite: each vector of the hardened-shim issue is its own
+//! test, run as root inside a busybox container through a real containerd
+//! 1.6 against husk's hardened shim (which must block it), husk's native
+//! shim and Debian's runc shim (recorded, printed, not asserted). Run with
+//! `--nocapture` to see each row; `cargo bench -p husk-tests --bench
+//! hardened_start -- --table` prints the whole table.
+//!
+//! Also here: ordinary workloads still run on hardened (a shell script, a
+//! compiled C program, an HTTP server over its own loopback), the user
+//! namespace and its release, and what Landlock adds, shown through
+//! husk-runtime directly.
+
+#[path = "escape_common/mod.rs"]
+mod escape;
+
+use escape::{Env, Outcome, Target};
+use husk_tests::{require_root, unique_id, Bundle, HuskRuntime};
+
+/// Runs one vector on every runtime, prints the row, and asserts that the
+/// hardened shim blocked it.
+fn vector(name: &str, f: escape::VectorFn) {
+    let env = Env::start();
+    let results: Vec<(Target, Outcome)> = Target::ALL
+        .iter()
+        .map(|t| (*t, f(&env, *t, &unique_id("husk-esc"))))
+        .collect();
+    escape::print_table(&[(name, results.clone())]);
+    let (_, hardened) = &results[0];
+    assert!(
+        hardened.is_blocked(),
+        "{name} on the hardened shim: {hardened}"
+    );
+}
+
+macro_rules! vector_tests {
+    ($($test:ident => $f:ident),* $(,)?) => {$(
+        #[test]
+        fn $test() {
+            require_root!();
+            let name = escape::VECTORS
+                .iter()
+                .find(|(_, f)| std::ptr::fn_addr_eq(*f, escape::$f as escape::VectorFn))
+                .map(|(n, _)| *n)
+                .unwrap_or(stringify!($f));
+            vector(name, escape::$f);
+        }
+    )*};
+}
+
+vector_tests! {
+    escape_mount => mount,
+    escape_new_namespace => namespaces,
+    escape_ptrace => ptrace,
+    escape_kernel_module => module,
+    escape_proc_kcore_sysrq_sysctl => proc_files,
+    escape_mknod_device => mknod,
+    escape_raw_socket => raw_socket,
+    escape_keyctl => keyctl,
+    escape_bpf => bpf,
+    escape_setuid_binary => setuid,
+    escape_host_processes => host_processes,
+    escape_runtime_binary_via_proc_exe => runtime_exe,
+    escape_leaked_host_fd => leaked_fds,
+    escape_symlinked_mount => symlinked_mount,
+    escape_fork_bomb => fork_bomb,
+    escape_memory_limit => memory,
+}
+
+#[test]
+fn hardened_runs_ordinary_workloads() {
+    require_root!();
+    let env = Env::start();
+    let t = Target::Hardened;
+    // A busybox shell script: pipes, subshells, /tmp, environment.
+    let out = env.run(
+        t,
+        &unique_id("husk-ord"),
+        &["--env", "GREETING=hi"],
+        &[
+            "/bin/sh",
+            "-c",
+            "set -e; echo $GREETING > /tmp/f; cat /tmp/f | tr a-z A-Z; \
+             for i in 1 2 3; do echo $i; done | wc -l; ls / >/dev/null; \
+             echo to-stdout > /dev/stdout; id -u",
+        ],
+    );
+    let stdout = husk_tests::command::stdout_text(&out);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout, "HI\n3\nto-stdout\n0\n", "{out:?}");
+    // A compiled C program.
+    let out = env.run(t, &unique_id("husk-ord"), &[], &["/probe", "hello"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        husk_tests::command::stdout_text(&out),
+        "hello from a compiled C program, uid 0\n"
+    );
+    // A small HTTP server, reached over the container's own loopback.
+    let out = env.run(
+        t,
+        &unique_id("husk-ord"),
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            "mkdir -p /tmp/www && echo served > /tmp/www/index.html && \
+             httpd -p 127.0.0.1:8080 -h /tmp/www && sleep 0.3 && \
+             wget -q -O - http://127.0.0.1:8080/index.html",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(husk_tests::command::stdout_text(&out), "served\n");
+}
+
+#[test]
+fn hardened_root_is_an_unprivileged_host_range_released_on_delete() {
+    require_root!();
+    let env = Env::start();
+    let id = unique_id("husk-userns");
+    let out = env.run(
+        Target::Hardened,
+        &id,
+        &[],
+        &["/bin/sh", "-c", "cat /proc/self/uid_map; cat /proc/self/status | grep -E '^(CapBnd|NoNewPrivs|Seccomp):'"],
+    );
+    let stdout = husk_tests::command::stdout_text(&out);
+    assert!(out.status.success(), "{out:?}");
+    let map: Vec<u64> = stdout
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert_eq!(map.len(), 3, "{stdout}");
+    assert_eq!(map[0], 0);
+    assert!(map[1] >= 1 << 20, "container root is host uid {}", map[1]);
+    assert_eq!(map[2], 65536);
+    assert!(stdout.contains("NoNewPrivs:\t1"), "{stdout}");
+    // Seccomp mode 2: filtered (the profile's filter, whatever the spec had).
+    assert!(stdout.contains("Seccomp:\t2"), "{stdout}");
+    // CAP_SYS_ADMIN (bit 21) is not in the bounding set.
+    let bnd = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:\t"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .unwrap();
+    assert_eq!(bnd & (1 << 21), 0, "{stdout}");
+    // `ctr run --rm` deleted it: the range is free again.
+    let record = std::fs::read_to_string("/run/husk/userns/allocations.json").unwrap_or_default();
+    assert!(!record.contains(&format!("\"{id}\"")), "{record}");
+}
+
+/// What Landlock adds after pivot_root: a container that can see a host
+/// process (here it shares the host's pid namespace) cannot reach the host
+/// through its /proc/PID/root magic link, while the same container without
+/// Landlock can. Through husk-runtime directly, since the hardened profile
+/// never shares the pid namespace.
+#[test]
+fn landlock_stops_magic_links_to_the_host_tree() {
+    require_root!();
+    if husk_runtime::landlock::abi().is_none() {
+        eprintln!("SKIP: this kernel has no Landlock");
+        return;
+    }
+    // A host process with no capabilities: ptrace rules let root in the
+    // container open its /proc entries, so only Landlock stands between.
+    let mut host = std::process::Command::new("setpriv")
+        .args(["--bounding-set=-all", "--inh-caps=-all", "sleep", "120"])
+        .spawn()
+        .expect("setpriv (util-linux)");
+    let pid = host.id();
+    let script = format!(
+        "if ls /proc/{pid}/root/ >/dev/null 2>&1; then echo REACHED; else echo DENIED; fi; echo > /dev/stdout"
+    );
+    let rt = HuskRuntime::new();
+    let mut outputs = Vec::new();
+    for landlock in [false, true] {
+        let mut b = Bundle::busybox(&["/bin/sh", "-c", &script]);
+        b.update_spec(|s| {
+            let linux = s.linux_mut().as_mut().unwrap();
+            let ns: Vec<_> = linux
+                .namespaces()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|n| n.typ() != oci_spec::runtime::LinuxNamespaceType::Pid)
+                .collect();
+            linux.set_namespaces(Some(ns));
+            s.process_mut()
+                .as_mut()
+                .unwrap()
+                .set_no_new_privileges(Some(true));
+            if landlock {
+                s.set_annotations(Some(
+                    [(
+                        husk_runtime::landlock::LANDLOCK_ANNOTATION.to_string(),
+                        "rootfs".to_string(),
+                    )]
+                    .into(),
+                ));
+            }
+        });
+        let out = rt.run_bundle_ok(&b, &unique_id("husk-landlock"));
+        outputs.push(husk_tests::command::stdout_text(&out));
+    }
+    let _ = host.kill();
+    let _ = host.wait();
+    assert_eq!(outputs[0], "REACHED\n\n", "without Landlock");
+    assert_eq!(outputs[1], "DENIED\n\n", "with Landlock");
+}
