@@ -31,6 +31,8 @@ APT_PACKAGES=(
     # Plugin guests (scripts/build-plugins.sh): C through clang + wasi-libc,
     # Python tools in a venv. (node/npm: below, only if absent.)
     clang lld wasi-libc libclang-rt-14-dev-wasm32 python3-venv
+    # protoc, for the CRI client's bindings (crate k8s-cri) in husk-tests.
+    protobuf-compiler
 )
 
 missing=()

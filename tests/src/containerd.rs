@@ -35,8 +35,15 @@ pub const CTR_TIMEOUT: Duration = Duration::from_secs(120);
 #[derive(Clone, Debug, Default)]
 pub struct ContainerdOptions {
     /// Leave the CRI plugin enabled (it is disabled by default: it is slow to
-    /// start and needs CNI).
+    /// start and needs CNI). It gets a private CNI config dir
+    /// (`cni/net.d`, empty: pods must use the node's network) and a stream
+    /// server on a free loopback port, so instances do not collide.
     pub enable_cri: bool,
+    /// With `enable_cri`: the CRI plugin's `sandbox_image`, the image each
+    /// pod's sandbox ("pause") container runs. It must be imported into the
+    /// `k8s.io` namespace ([`Containerd::import_image_into`]); empty keeps
+    /// containerd's default, which is pulled from a registry.
+    pub cri_sandbox_image: String,
     /// TOML appended to the generated `config.toml`, e.g. runtime entries:
     /// `[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.husk]`.
     pub extra_config: String,
@@ -116,10 +123,46 @@ disabled_plugins = [{disabled}]
 
 [plugins."io.containerd.internal.v1.opt"]
   path = "{d}/opt"
-
+{cri}
 {extra}
 "#,
+            cri = self.cri_config_toml(),
             extra = self.opts.extra_config
+        )
+    }
+
+    /// The CRI plugin's section of `config.toml` (empty unless
+    /// `enable_cri`). Runtime handlers are not here: they come with
+    /// `extra_config`, as the `[...cri".containerd.runtimes.NAME]` tables of
+    /// examples/containerd/config.toml.
+    fn cri_config_toml(&self) -> String {
+        if !self.opts.enable_cri {
+            return String::new();
+        }
+        let d = self.dir.path().display();
+        let sandbox_image = if self.opts.cri_sandbox_image.is_empty() {
+            String::new()
+        } else {
+            format!("  sandbox_image = \"{}\"\n", self.opts.cri_sandbox_image)
+        };
+        // The CRI plugin gives sandboxes oom_score_adj -998 (and kubelet
+        // gives Guaranteed pods -997). Lowering it needs CAP_SYS_RESOURCE,
+        // which some hosts (CI sandboxes) withhold even from root: there
+        // every runtime, runc included, fails the write with EACCES. On such
+        // a host, containerd's own option for the case clamps the values at
+        // containerd's own score instead.
+        let restrict_oom = !has_cap_sys_resource();
+        format!(
+            r#"
+[plugins."io.containerd.grpc.v1.cri"]
+{sandbox_image}  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  restrict_oom_score_adj = {restrict_oom}
+
+[plugins."io.containerd.grpc.v1.cri".cni]
+  bin_dir = "/usr/lib/cni"
+  conf_dir = "{d}/cni/net.d"
+"#
         )
     }
 
@@ -212,8 +255,22 @@ disabled_plugins = [{disabled}]
     /// Imports an OCI layout tar with `ctr image import --base-name NAME`;
     /// the image is then `NAME:<ref name>`. Returns ctr's output.
     pub fn import_image(&self, layout_tar: &Path, base_name: &str) -> String {
+        self.import_image_into("default", layout_tar, base_name)
+    }
+
+    /// [`Containerd::import_image`] into containerd namespace `namespace`
+    /// (the CRI plugin's images live in `k8s.io`).
+    pub fn import_image_into(&self, namespace: &str, layout_tar: &Path, base_name: &str) -> String {
         let tar = layout_tar.to_string_lossy();
-        self.ctr_ok(&["image", "import", "--base-name", base_name, &tar])
+        self.ctr_ok(&[
+            "-n",
+            namespace,
+            "image",
+            "import",
+            "--base-name",
+            base_name,
+            &tar,
+        ])
     }
 
     /// SIGKILLs containerd (shims and containers keep running) and reaps it.
@@ -297,7 +354,39 @@ disabled_plugins = [{disabled}]
             .spawn()
             .map_err(|e| format!("cannot start `{}`: {e}", command::describe(&cmd)))?;
         self.child = Some(child);
-        self.wait_ready()
+        self.wait_ready()?;
+        if self.opts.enable_cri {
+            self.check_cri_loaded()?;
+        }
+        Ok(())
+    }
+
+    /// containerd boots without a plugin that failed to load (it only logs a
+    /// warning): make a broken CRI config fail here, with the reason.
+    fn check_cri_loaded(&mut self) -> Result<(), String> {
+        let out = command::try_output_timeout(
+            self.ctr_cmd().args(["plugins", "ls"]),
+            Duration::from_secs(10),
+        )?;
+        let listing = String::from_utf8_lossy(&out.stdout);
+        let cri = listing
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some("cri"));
+        if cri.is_some_and(|l| l.split_whitespace().last() == Some("ok")) {
+            return Ok(());
+        }
+        let reason = self
+            .log()
+            .lines()
+            .rfind(|l| l.contains("failed to load plugin io.containerd.grpc.v1.cri"))
+            .unwrap_or("(no reason in containerd's log)")
+            .to_string();
+        self.kill9();
+        Err(format!(
+            "containerd's CRI plugin did not load: {}\n{reason}\n--- config.toml ---\n{}",
+            cri.unwrap_or("(not listed by `ctr plugins ls`)"),
+            self.config_toml()
+        ))
     }
 
     fn wait_ready(&mut self) -> Result<(), String> {
@@ -407,6 +496,21 @@ impl Drop for Containerd {
         }
         // TempDir's drop removes the directory.
     }
+}
+
+/// `CAP_SYS_RESOURCE` in linux/capability.h (the libc crate has no
+/// capability numbers).
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Whether this process has CAP_SYS_RESOURCE in its effective set (from
+/// `CapEff` in /proc/self/status).
+pub fn has_cap_sys_resource() -> bool {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
 }
 
 fn tail(s: &str, n: usize) -> String {

@@ -19,6 +19,7 @@
 //! | [`bundle`] | an OCI runtime bundle (`config.json` + `rootfs/`) in a temp dir |
 //! | [`image`] | an OCI image layout (dir or tar) written by hand |
 //! | [`containerd`] | a private containerd 1.6 instance, started and stopped by PID |
+//! | [`cri`] | a Kubernetes CRI client on containerd's socket, pod and container configs |
 //! | [`runtime_bin`] | locating `husk-runtime` and driving any runc-compatible CLI |
 //! | [`leaks`] | cgroups, mounts and processes left behind |
 //! | [`plugin_config`] | the example plugins in a `plugins.toml` |
@@ -31,6 +32,7 @@ pub mod bundle;
 pub mod busybox;
 pub mod command;
 pub mod containerd;
+pub mod cri;
 pub mod host;
 pub mod ids;
 pub mod image;
