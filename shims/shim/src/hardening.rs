@@ -19,8 +19,8 @@
 use std::path::Path;
 
 use husk_runtime::hardened::{
-    check_bundle, create_mount_points, harden_process, harden_spec, HardenContext, HardeningReport,
-    IdAllocator, Profile as HardenedProfile,
+    check_bundle, create_mount_points, harden_process, harden_spec, make_rootfs_reachable,
+    HardenContext, HardeningReport, IdAllocator, Profile as HardenedProfile,
 };
 use oci_spec::runtime::{Process, Spec};
 
@@ -63,8 +63,12 @@ pub fn apply(
     };
     let hardened_spec = harden_spec(spec, &hardened, &ctx).and_then(|report| {
         // The container's root cannot create them in a root-owned image.
-        if ids.is_some() {
+        if let Some(ids) = ids {
             create_mount_points(spec, bundle)?;
+            let changed = make_rootfs_reachable(spec, bundle, ids.start)?;
+            if !changed.is_empty() {
+                tracing::info!(?changed, "search permission for the container's root");
+            }
         }
         Ok(report)
     });

@@ -117,6 +117,47 @@ pub fn create_mount_points(spec: &Spec, bundle: &Path) -> Result<Vec<PathBuf>> {
     Ok(created)
 }
 
+/// Lets the container's root (host `gid` of its user namespace) reach the
+/// rootfs by path: the init binds it and pivots into it from inside the
+/// user namespace, where host root's directory permissions apply to it as
+/// to any other user. The bundle directory gets group `gid` with search
+/// permission (containerd 1.7 does the same for user namespaces); an
+/// ancestor without search permission for others gets it (0711-style, as
+/// containerd's own state directories are). Returns the directories
+/// changed.
+pub fn make_rootfs_reachable(spec: &Spec, bundle: &Path, gid: u32) -> Result<Vec<PathBuf>> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(rootfs) = crate::spec::rootfs(spec, bundle) else {
+        return Ok(Vec::new());
+    };
+    let bundle = std::path::absolute(bundle).unwrap_or_else(|_| bundle.to_path_buf());
+    let mut changed = Vec::new();
+    let io = |what: String| {
+        move |e| Error::Io {
+            context: what,
+            source: e,
+        }
+    };
+    for dir in rootfs.ancestors().skip(1) {
+        let meta = std::fs::metadata(dir).map_err(io(format!("inspect {}", dir.display())))?;
+        let mode = meta.permissions().mode();
+        if dir == bundle {
+            if meta.gid() != gid || mode & 0o010 == 0 {
+                std::os::unix::fs::chown(dir, None, Some(gid))
+                    .map_err(io(format!("give {} to group {gid}", dir.display())))?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o010))
+                    .map_err(io(format!("chmod g+x {}", dir.display())))?;
+                changed.push(dir.to_path_buf());
+            }
+        } else if mode & 0o001 == 0 && (mode & 0o010 == 0 || meta.gid() != gid) {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o001))
+                .map_err(io(format!("chmod o+x {}", dir.display())))?;
+            changed.push(dir.to_path_buf());
+        }
+    }
+    Ok(changed)
+}
+
 fn is_bind(m: &oci_spec::runtime::Mount) -> bool {
     m.typ().as_deref() == Some("bind")
         || m.options()
@@ -275,6 +316,31 @@ mod tests {
         assert!(root.join("etc/hostname").is_file());
         // Idempotent.
         assert!(create_mount_points(&s, dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_rootfs_path_becomes_reachable_for_the_container_root() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("state/bundle");
+        std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
+        for d in [dir.path().join("state"), bundle.clone()] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        let gid = nix::unistd::getgid().as_raw();
+        let changed =
+            make_rootfs_reachable(&spec("rootfs", serde_json::json!([])), &bundle, gid).unwrap();
+        assert!(changed.contains(&bundle), "{changed:?}");
+        assert!(changed.contains(&dir.path().join("state")), "{changed:?}");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&bundle), 0o710);
+        assert_eq!(mode(&dir.path().join("state")), 0o701);
+        // Nothing left to change.
+        assert!(
+            make_rootfs_reachable(&spec("rootfs", serde_json::json!([])), &bundle, gid)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

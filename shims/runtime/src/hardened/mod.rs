@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::Capability;
 use serde::{Deserialize, Serialize};
 
-pub use bundle::{check_bundle, create_mount_points};
+pub use bundle::{check_bundle, create_mount_points, make_rootfs_reachable};
 pub use ids::{IdAllocator, IdRange};
 pub use spec::{harden_process, harden_spec, HardenContext, HardeningReport};
 
