@@ -94,11 +94,19 @@ fn hardened_runs_ordinary_workloads() {
         husk_tests::command::stdout_text(&out),
         "hello from a compiled C program, uid 0\n"
     );
-    // A small HTTP server, reached over the container's own loopback.
+    // A small HTTP server when network is granted: a network namespace
+    // prepared by the host (as CNI would), joined by path.
+    let netns = unique_id("husk-esc-net");
+    let ip = |args: &[&str]| {
+        husk_tests::command::output_ok(std::process::Command::new("ip").args(args));
+    };
+    ip(&["netns", "add", &netns]);
+    ip(&["netns", "exec", &netns, "ip", "link", "set", "lo", "up"]);
+    let with_ns = format!("network:/var/run/netns/{netns}");
     let out = env.run(
         t,
         &unique_id("husk-ord"),
-        &[],
+        &["--with-ns", &with_ns],
         &[
             "/bin/sh",
             "-c",
@@ -107,6 +115,7 @@ fn hardened_runs_ordinary_workloads() {
              wget -q -O - http://127.0.0.1:8080/index.html",
         ],
     );
+    ip(&["netns", "del", &netns]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(husk_tests::command::stdout_text(&out), "served\n");
 }
