@@ -23,6 +23,7 @@ pub mod error;
 pub mod events;
 pub mod images;
 pub mod logs;
+pub mod plugin_scaffold;
 pub mod server;
 pub mod shim_client;
 pub mod spec_builder;

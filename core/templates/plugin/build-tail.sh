@@ -1,0 +1,2 @@
+
+echo "built $PWD/$OUT; next: husk plugin install ./$OUT"
