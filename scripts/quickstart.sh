@@ -1,37 +1,47 @@
 #!/usr/bin/env bash
 # husk's quick start on a fresh Debian 12 machine (as root, with rustup/cargo):
-# installs what husk needs, builds it, and runs a busybox container with
-# husk-runtime, straight from namespaces, cgroups and pivot_root.
+# installs what husk needs, builds it, starts a private huskd, installs the
+# example security policy (a WebAssembly component written in Rust) and runs
+# busybox containers under it: one it allows (and edits: CAP_NET_RAW is
+# dropped) and one it denies (a secret in the environment).
 #
 #   sudo scripts/quickstart.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
-cargo build --release -p husk-runtime
-runtime="$PWD/target/release/husk-runtime"
+echo "+ building huskd, husk, the shims and husk-plugin (release)"
+cargo build --release -q -p husk-core -p husk-shim -p husk-plugins
+scripts/build-plugins.sh rust
+bin=$PWD/target/release
 
-# A bundle: busybox-static as the rootfs, husk-runtime's default spec.
-bundle=$(mktemp -d /tmp/husk-quickstart-XXXXXX)
-trap 'rm -rf "$bundle"' EXIT
-mkdir -p "$bundle/rootfs/bin" "$bundle/rootfs/proc" "$bundle/rootfs/sys" "$bundle/rootfs/dev" \
-    "$bundle/rootfs/tmp" "$bundle/rootfs/etc"
-cp /bin/busybox "$bundle/rootfs/bin/busybox"
-for applet in $(/bin/busybox --list); do
-    [[ $applet == busybox ]] || ln -sf busybox "$bundle/rootfs/bin/$applet"
-done
-"$runtime" spec --bundle "$bundle"
-# Not a terminal, and a command that shows what the container sees.
-sed -i 's/"terminal": true/"terminal": false/' "$bundle/config.json"
-show='echo hello from a husk container: hostname $(hostname), pid $$, network $(ls /sys/class/net), $(ls /proc | grep -c "^[0-9]") processes visible'
-python3 - "$bundle/config.json" "$show" <<'PY'
-import json, sys
-path, script = sys.argv[1], sys.argv[2]
-spec = json.load(open(path))
-spec["process"]["args"] = ["sh", "-c", script]
-json.dump(spec, open(path, "w"), indent=2)
-PY
+work=$(mktemp -d /tmp/husk-quickstart-XXXXXX)
+huskd_pid=
+cleanup() {
+    [[ -n $huskd_pid ]] && kill "$huskd_pid" 2>/dev/null && wait "$huskd_pid" 2>/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+cargo run --release -q -p husk-tests --example busybox_image -- "$work/busybox.tar"
 
+export HUSK_SOCKET=$work/huskd.sock
+"$bin/huskd" --root "$work/root" --state "$work/run" >"$work/huskd.log" 2>&1 &
+huskd_pid=$!
+for _ in $(seq 100); do [[ -S $HUSK_SOCKET ]] && break; sleep 0.05; done
+
+husk() {
+    echo "+ husk $*" >&2
+    "$bin/husk" "$@"
+}
+husk image import "$work/busybox.tar" --name quickstart/busybox:latest
+husk plugin install examples/plugins/build/rust-policy.wasm --name security
+husk plugin ls
 echo
-echo "+ husk-runtime run --bundle $bundle quickstart-$$"
-"$runtime" run --bundle "$bundle" "quickstart-$$"
+show='echo hello from a husk container: hostname $(hostname), pid $$, $(ls /proc | grep -c "^[0-9]") processes visible, CapBnd $(grep CapBnd /proc/1/status | cut -f2)'
+husk run --rm quickstart/busybox sh -c "$show"
+echo
+if husk run --rm -e API_TOKEN=hunter2 quickstart/busybox true; then
+    echo "quickstart: the policy should have denied that container" >&2
+    exit 1
+fi
+echo "(denied by the policy plugin, as intended)"

@@ -37,7 +37,7 @@ pub enum Frame {
     Ok { result: Value },
     /// The method failed; `kind` is one of `not_found`, `conflict`,
     /// `invalid_argument`, `runtime`, `image`, `io`, `internal`,
-    /// `bad_request`.
+    /// `bad_request`, `denied` (a policy plugin refused the container).
     Error { kind: String, message: String },
 }
 

@@ -16,6 +16,7 @@ use crate::api::{ContainerSummary, CreateParams, Status};
 use crate::error::{CoreError, IoContext, Result};
 use crate::images::ImageStore;
 use crate::logs::{self, LogSink};
+use crate::plugins::PluginStore;
 use crate::shim_client::{self, Runtimes, ShimLauncher};
 use crate::spec_builder::{self, BindMount};
 use crate::state::{self, ContainerRecord, Layout};
@@ -91,6 +92,7 @@ pub struct Manager {
     pub volumes: Volumes,
     pub runtimes: Runtimes,
     pub launcher: ShimLauncher,
+    pub plugins: PluginStore,
     containers: Mutex<BTreeMap<String, Arc<Container>>>,
 }
 
@@ -99,8 +101,16 @@ fn log_path(layout: &Layout, id: &str) -> PathBuf {
 }
 
 impl Manager {
-    pub fn new(layout: Layout, runtimes: Runtimes, launcher: ShimLauncher) -> Result<Arc<Manager>> {
+    /// `plugin_config`: a plugin config the operator maintains by hand;
+    /// `None` for the plugins installed with `husk plugin install`.
+    pub fn new(
+        layout: Layout,
+        runtimes: Runtimes,
+        launcher: ShimLauncher,
+        plugin_config: Option<PathBuf>,
+    ) -> Result<Arc<Manager>> {
         layout.create()?;
+        let plugins = PluginStore::new(layout.root.join("plugins"), plugin_config);
         let images = ImageStore::open(layout.images())?;
         let volumes = Volumes::new(layout.volumes());
         Ok(Arc::new(Manager {
@@ -109,8 +119,16 @@ impl Manager {
             volumes,
             runtimes,
             launcher,
+            plugins,
             containers: Mutex::new(BTreeMap::new()),
         }))
+    }
+
+    /// What the shim's policy plugins recorded about a container (edits,
+    /// audit-mode would-denies), when they recorded anything.
+    pub fn policy_record(&self, id: &str) -> Option<serde_json::Value> {
+        let bytes = fs::read(self.layout.bundle(id).join("husk-policy.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
     }
 
     /// A container by id, unique id prefix, or name.
@@ -235,7 +253,7 @@ impl Manager {
             let _ = fs::remove_dir_all(&bundle);
             return Err(e);
         }
-        match self.create_inner(&c, &img.config, &specs).await {
+        match self.create_inner(&c, &img, &specs).await {
             Ok(()) => Ok(c.record().summary()),
             Err(e) => {
                 tracing::warn!(id = %id, %e, "create failed; cleaning up");
@@ -251,7 +269,7 @@ impl Manager {
     async fn create_inner(
         self: &Arc<Self>,
         c: &Arc<Container>,
-        image_config: &crate::images::store::InspectConfig,
+        image: &crate::images::store::ImageInspect,
         specs: &[(String, volumes::VolumeSpec)],
     ) -> Result<()> {
         let rec = c.record();
@@ -293,7 +311,7 @@ impl Manager {
                 read_only: s.read_only,
             });
         }
-        let spec = spec_builder::build(&id, image_config, &rec.params, &rootfs, &binds)?;
+        let spec = spec_builder::build(&id, image, &rec.params, &rootfs, &binds)?;
         state::write_atomic(
             &bundle.join("config.json"),
             &serde_json::to_vec_pretty(&spec).expect("a spec serializes"),
@@ -336,6 +354,11 @@ impl Manager {
                 path("stderr")
             },
             terminal: rec.params.tty,
+            options: self
+                .plugins
+                .config_for_shims()
+                .map(|p| shim_client::plugin_options(&p))
+                .into(),
             ..Default::default()
         };
         let resp = client

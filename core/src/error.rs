@@ -25,6 +25,10 @@ pub enum CoreError {
     },
     #[error("{0}")]
     Internal(String),
+    /// A policy plugin in the shim refused the container:
+    /// `denied by policy NAME: REASON`.
+    #[error("{0}")]
+    Denied(String),
 }
 
 pub type Result<T, E = CoreError> = std::result::Result<T, E>;
@@ -51,6 +55,7 @@ impl CoreError {
             },
             CoreError::Io { .. } => "io",
             CoreError::Internal(_) => "internal",
+            CoreError::Denied(_) => "denied",
         }
     }
 }

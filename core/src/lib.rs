@@ -12,6 +12,7 @@
 //! | [`shim_client`] | shim v2: `start`, `delete`, the ttrpc Task client |
 //! | [`events`] | the ttrpc events endpoint shims publish to |
 //! | [`logs`] | output FIFOs captured to log files |
+//! | [`plugins`] | installed plugins: the config shims are given, `husk plugin` |
 //! | [`volumes`] | `-v` specs and named volumes |
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -23,6 +24,7 @@ pub mod error;
 pub mod events;
 pub mod images;
 pub mod logs;
+pub mod plugins;
 pub mod plugin_scaffold;
 pub mod server;
 pub mod shim_client;

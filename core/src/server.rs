@@ -203,7 +203,53 @@ async fn dispatch(
         }
         "container.create" => {
             let p: CreateParams = params(p)?;
-            to_value(m.create(p).await?)
+            let summary = m.create(p).await?;
+            let policy = m.policy_record(&summary.id);
+            let mut v = to_value(summary)?;
+            if let Some(policy) = policy {
+                v["policy"] = policy;
+            }
+            Ok(v)
+        }
+        "plugin.install" => {
+            let p: crate::plugins::InstallParams = params(p)?;
+            let m = m.clone();
+            to_value(blocking(move || m.plugins.install(&p)).await?)
+        }
+        "plugin.list" => {
+            let m = m.clone();
+            to_value(blocking(move || m.plugins.list()).await?)
+        }
+        "plugin.remove" => {
+            let p: Name = params(p)?;
+            let m = m.clone();
+            to_value(blocking(move || m.plugins.remove(&p.name)).await?)
+        }
+        "plugin.test" => {
+            #[derive(Deserialize)]
+            struct P {
+                name: String,
+                spec: Option<Value>,
+                image: Option<String>,
+            }
+            let p: P = params(p)?;
+            let m = m.clone();
+            blocking(move || {
+                let (spec, image) = match (p.spec, p.image) {
+                    (Some(spec), None) => (spec, String::new()),
+                    (None, Some(image)) => {
+                        let img = m.images.inspect(&image)?;
+                        (crate::spec_builder::preview(&img)?, img.name)
+                    }
+                    _ => {
+                        return Err(CoreError::InvalidArgument(
+                            "plugin.test needs exactly one of spec and image".into(),
+                        ))
+                    }
+                };
+                m.plugins.test(&p.name, &spec, &image)
+            })
+            .await
         }
         "container.start" => {
             #[derive(Deserialize)]

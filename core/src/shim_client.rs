@@ -61,6 +61,14 @@ fn search_dirs() -> Vec<PathBuf> {
     dirs
 }
 
+/// `bin` beside huskd, else on PATH, else in the usual system dirs.
+pub fn find_binary(bin: &str) -> Option<PathBuf> {
+    search_dirs()
+        .into_iter()
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+}
+
 fn install_hint(name: &str, bin: &str) -> String {
     match name {
         "runc" => {
@@ -106,11 +114,8 @@ impl Runtimes {
                 install_hint(&name, &bin)
             )));
         }
-        for d in search_dirs() {
-            let p = d.join(&bin);
-            if p.is_file() {
-                return Ok((name, p));
-            }
+        if let Some(p) = find_binary(&bin) {
+            return Ok((name, p));
         }
         Err(CoreError::Runtime(format!(
             "runtime {name:?} is missing: its shim binary {bin} is not beside huskd nor on PATH; {}",
@@ -242,6 +247,25 @@ pub async fn delete_and_shutdown(client: &TaskClient, id: &str) {
     let _ = client.shutdown(ctx(5), &shutdown).await;
 }
 
+/// The task options that name the plugin config a shim applies:
+/// containerd's generic `runtimeoptions.v1.Options { config_path = 2 }`,
+/// which is also what CRI's `options = { ConfigPath = ... }` and
+/// `ctr run --runtime-config-path` send.
+pub fn plugin_options(config_path: &Path) -> protobuf::well_known_types::any::Any {
+    let mut value = Vec::new();
+    {
+        let mut out = protobuf::CodedOutputStream::vec(&mut value);
+        out.write_string(2, &config_path.to_string_lossy())
+            .expect("writing to a Vec cannot fail");
+        out.flush().expect("writing to a Vec cannot fail");
+    }
+    protobuf::well_known_types::any::Any {
+        type_url: "runtimeoptions.v1.Options".into(),
+        value,
+        ..Default::default()
+    }
+}
+
 /// A context with a deadline (seconds); 0 for none.
 pub fn ctx(secs: i64) -> ttrpc::context::Context {
     ttrpc::context::with_timeout(secs * 1_000_000_000)
@@ -250,6 +274,10 @@ pub fn ctx(secs: i64) -> ttrpc::context::Context {
 /// A ttrpc error as a runtime error.
 pub fn rpc_err(what: &str, e: ttrpc::Error) -> CoreError {
     match &e {
+        // The shim's message is the whole story: `denied by policy P: R`.
+        ttrpc::Error::RpcStatus(s) if s.code() == ttrpc::Code::PERMISSION_DENIED => {
+            CoreError::Denied(s.message().to_string())
+        }
         ttrpc::Error::RpcStatus(s) => CoreError::Runtime(format!("{what}: {}", s.message())),
         _ => CoreError::Runtime(format!("{what}: {e}")),
     }

@@ -9,7 +9,12 @@ use serde_json::{json, Value};
 
 use crate::api::CreateParams;
 use crate::error::{CoreError, Result};
-use crate::images::store::InspectConfig;
+use crate::images::store::{ImageInspect, InspectConfig};
+
+/// The annotations that tell policy plugins which image a container runs
+/// (read by husk's shim, see plugins/host/src/view.rs).
+pub const IMAGE_REF_ANNOTATION: &str = "io.husk.image.ref";
+pub const IMAGE_DIGEST_ANNOTATION: &str = "io.husk.image.digest";
 
 /// docker's default capability set.
 pub const DEFAULT_CAPS: &[&str] = &[
@@ -169,11 +174,12 @@ pub fn parse_memory(s: &str) -> Result<i64> {
 /// The whole spec.
 pub fn build(
     id: &str,
-    image: &InspectConfig,
+    img: &ImageInspect,
     p: &CreateParams,
     rootfs: &Path,
     binds: &[BindMount],
 ) -> Result<Value> {
+    let image = &img.config;
     let args = args(image, p)?;
     let env = env(image, p)?;
     let user = p
@@ -244,8 +250,18 @@ pub fn build(
         }
         resources["pids"] = json!({"limit": n});
     }
+    // Labels, and the image for the policy plugins in the shim (which
+    // sees only the spec).
+    let mut annotations: serde_json::Map<String, Value> = p
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    annotations.insert(IMAGE_REF_ANNOTATION.into(), json!(img.name));
+    annotations.insert(IMAGE_DIGEST_ANNOTATION.into(), json!(img.digest.to_string()));
     Ok(json!({
         "ociVersion": "1.0.2",
+        "annotations": annotations,
         "process": {
             "terminal": p.tty,
             "user": {"uid": uid, "gid": gid},
@@ -271,6 +287,25 @@ pub fn build(
                 "/proc/sysrq-trigger"]
         }
     }))
+}
+
+/// The spec `husk run IMAGE` would create, without a rootfs: for `husk
+/// plugin test --image`. A named user cannot be resolved without the
+/// image's /etc/passwd, so it is shown as root.
+pub fn preview(img: &ImageInspect) -> Result<Value> {
+    let p = CreateParams {
+        image: img.name.clone(),
+        ..Default::default()
+    };
+    let id = "0000000000000000000000000000000000000000000000000000000000000000";
+    let nowhere = Path::new("/nonexistent/husk-plugin-test");
+    build(id, img, &p, nowhere, &[]).or_else(|_| {
+        let root = CreateParams {
+            user: Some("0:0".into()),
+            ..p.clone()
+        };
+        build(id, img, &root, nowhere, &[])
+    })
 }
 
 #[cfg(test)]

@@ -119,6 +119,9 @@ enum Cmd {
     /// Manage volumes.
     #[command(subcommand)]
     Volume(VolumeCmd),
+    /// Manage policy and lifecycle plugins (they run in the shims).
+    #[command(subcommand)]
+    Plugin(PluginCmd),
     /// huskd's API version.
     Version,
 }
@@ -142,6 +145,61 @@ enum ImageCmd {
     Prune,
     Inspect {
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCmd {
+    /// Validate, precompile and install a plugin (a component `.wasm`, or
+    /// a native `.so`); replaces one of the same name. Takes effect for
+    /// the next container.
+    Install {
+        path: PathBuf,
+        /// Defaults to the file name without its extension.
+        #[arg(long)]
+        name: Option<String>,
+        /// Log and report would-denies instead of enforcing them.
+        #[arg(long)]
+        audit: bool,
+        /// What a plugin that fails (trap, time or memory limit, invalid
+        /// mutation) means: deny or allow.
+        #[arg(long, value_name = "deny|allow")]
+        on_error: Option<String>,
+        #[arg(long, value_name = "MS")]
+        time_limit: Option<u64>,
+        #[arg(long, value_name = "MIB")]
+        memory_limit: Option<u64>,
+        /// A capability to grant: store, clock, random, fs:DIR... (repeatable).
+        #[arg(long = "grant", value_name = "CAP")]
+        grants: Vec<String>,
+        /// KEY=VALUE for the plugin's config map (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+        /// Hooks run in ascending order (default: after the others).
+        #[arg(long)]
+        order: Option<i64>,
+    },
+    #[command(alias = "list")]
+    Ls,
+    #[command(alias = "remove")]
+    Rm { name: String },
+    /// A plugin's verdict and edits on a spec, running nothing.
+    Test {
+        name: String,
+        /// An OCI runtime spec (config.json).
+        #[arg(long, conflicts_with = "image", required_unless_present = "image")]
+        spec: Option<PathBuf>,
+        /// The spec `husk run IMAGE` would create.
+        #[arg(long)]
+        image: Option<String>,
+    },
+    /// Start a new plugin project that builds out of the box.
+    New {
+        #[arg(long, value_name = "rust|python|js|c")]
+        lang: String,
+        name: String,
+        /// Where (default: ./NAME).
+        dir: Option<PathBuf>,
     },
 }
 
@@ -376,6 +434,7 @@ fn run(cli: &Cli) -> Result<u8, Fail> {
             let p = create_params(a)?;
             let r = c.call("container.create", serde_json::to_value(&p).unwrap())?;
             let id = r["id"].as_str().unwrap_or("").to_string();
+            report_policy(&r["policy"]);
             if !is_run {
                 println!("{id}");
                 return Ok(0);
@@ -580,8 +639,164 @@ fn run(cli: &Cli) -> Result<u8, Fail> {
                 println!("{name}");
             }
         },
+        Cmd::Plugin(cmd) => return plugin_cmd(&c, cmd, json_out),
     }
     Ok(0)
+}
+
+/// What the shim's policy plugins noted about a new container, on stderr:
+/// audit-mode would-denies, and edits.
+fn report_policy(policy: &Value) {
+    let notes = |key: &str| -> Vec<(String, String)> {
+        policy[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| {
+                let s = |k: &str| n[k].as_str().unwrap_or("").to_string();
+                (s("plugin"), s("note"))
+            })
+            .collect()
+    };
+    for (plugin, reason) in notes("audit_denials") {
+        eprintln!("husk: audit: policy {plugin} would deny: {reason}");
+    }
+    for (plugin, edit) in notes("edits") {
+        eprintln!("husk: policy {plugin}: {edit}");
+    }
+}
+
+fn plugin_cmd(c: &Client, cmd: &PluginCmd, json_out: bool) -> Result<u8, Fail> {
+    match cmd {
+        PluginCmd::Install {
+            path,
+            name,
+            audit,
+            on_error,
+            time_limit,
+            memory_limit,
+            grants,
+            config,
+            order,
+        } => {
+            let path = std::fs::canonicalize(path)
+                .map_err(|e| Fail(125, format!("{}: {e}", path.display())))?;
+            let mut map = serde_json::Map::new();
+            for kv in config {
+                let (k, v) = kv.split_once('=').ok_or_else(|| {
+                    Fail(125, format!("invalid --config {kv:?}: use KEY=VALUE"))
+                })?;
+                map.insert(k.into(), json!(v));
+            }
+            let r = c.call(
+                "plugin.install",
+                json!({
+                    "path": path, "name": name, "mode": audit.then_some("audit"),
+                    "on_error": on_error, "time_limit_ms": time_limit,
+                    "memory_limit_mib": memory_limit, "grants": grants,
+                    "config": map, "order": order,
+                }),
+            )?;
+            if json_out {
+                print_json(&r);
+            } else {
+                println!(
+                    "installed {} ({}, hooks: {})",
+                    r["name"].as_str().unwrap_or(""),
+                    r["mode"].as_str().unwrap_or(""),
+                    strs(&r["hooks"]).join(",")
+                );
+            }
+        }
+        PluginCmd::Ls => {
+            let r = c.call("plugin.list", json!({}))?;
+            if json_out {
+                print_json(&r);
+            } else {
+                let mut rows = vec![["NAME", "KIND", "HOOKS", "MODE", "ON ERROR", "ORDER", "SHA256"]
+                    .map(String::from)
+                    .to_vec()];
+                for p in r.as_array().into_iter().flatten() {
+                    let s = |k: &str| p[k].as_str().unwrap_or("").to_string();
+                    rows.push(vec![
+                        s("name"),
+                        s("kind"),
+                        strs(&p["hooks"]).join(","),
+                        s("mode"),
+                        s("on_error"),
+                        p["order"].to_string(),
+                        s("sha256").chars().take(12).collect(),
+                    ]);
+                }
+                table(rows);
+            }
+        }
+        PluginCmd::Rm { name } => {
+            c.call("plugin.remove", json!({"name": name}))?;
+            println!("{name}");
+        }
+        PluginCmd::Test { name, spec, image } => {
+            let spec = match spec {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| Fail(125, format!("{}: {e}", path.display())))?;
+                    let v: Value = serde_json::from_str(&text).map_err(|e| {
+                        Fail(125, format!("{} is not JSON: {e}", path.display()))
+                    })?;
+                    Some(v)
+                }
+                None => None,
+            };
+            let r = c.call(
+                "plugin.test",
+                json!({"name": name, "spec": spec, "image": image}),
+            )?;
+            if json_out {
+                print_json(&r);
+            } else {
+                let verdict = r["verdict"].as_str().unwrap_or("");
+                match verdict {
+                    "deny" | "error" => {
+                        println!("{verdict}: {}", r["reason"].as_str().unwrap_or(""))
+                    }
+                    "mutate" => {
+                        println!("mutate:");
+                        for e in strs(&r["edits"]) {
+                            println!("  {e}");
+                        }
+                        if let Some(bad) = r["invalid"].as_str() {
+                            println!("  (invalid: {bad})");
+                        }
+                    }
+                    other => println!("{other}"),
+                }
+            }
+            // Scripts can test the verdict: 0 allow/mutate, 1 deny, 2 error.
+            return Ok(match r["verdict"].as_str() {
+                Some("deny") => 1,
+                Some("error") => 2,
+                _ => 0,
+            });
+        }
+        PluginCmd::New { lang, name, dir } => {
+            let dir = dir.clone().unwrap_or_else(|| PathBuf::from(name));
+            let lang = lang
+                .parse()
+                .map_err(|e: husk_core::CoreError| Fail(125, e.to_string()))?;
+            let report = husk_core::plugin_scaffold::scaffold(lang, name, &dir)
+                .map_err(|e| Fail(125, e.to_string()))?;
+            println!("{report}");
+        }
+    }
+    Ok(0)
+}
+
+fn strs(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_owned))
+        .collect()
 }
 
 /// A container's exit code as the process's.

@@ -32,6 +32,10 @@ struct Args {
     /// huskd and on PATH, or an absolute path). Repeatable.
     #[arg(long = "runtime", value_name = "NAME=BINARY")]
     runtimes: Vec<String>,
+    /// A plugin config maintained by hand, given to every shim instead of
+    /// the plugins installed with `husk plugin install`.
+    #[arg(long, value_name = "PLUGINS_TOML")]
+    plugin_config: Option<PathBuf>,
     /// Debug logging.
     #[arg(long)]
     debug: bool,
@@ -86,7 +90,7 @@ async fn run(a: Args) -> husk_core::Result<()> {
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "huskd".into()),
     };
-    let m = Manager::new(layout, runtimes, launcher)?;
+    let m = Manager::new(layout, runtimes, launcher, a.plugin_config.clone())?;
     m.recover().await?;
     let listener = server::bind(&socket, mode)?;
     tracing::info!(socket = %socket.display(), root = %a.root.display(), state = %a.state.display(), "huskd serving");

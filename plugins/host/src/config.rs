@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::grants::Grants;
 use crate::Error;
@@ -42,7 +42,7 @@ pub const MAX_MEMORY_LIMIT_MIB: u64 = 1024;
 
 /// What to do when a plugin traps, times out, exceeds its memory or returns
 /// an invalid mutation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnError {
     /// Fail closed: the container is denied.
@@ -53,7 +53,7 @@ pub enum OnError {
 }
 
 /// Whether a plugin's denials are enforced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     #[default]
@@ -63,7 +63,7 @@ pub enum Mode {
 }
 
 /// Where a plugin runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     /// A WebAssembly component, sandboxed.
@@ -73,7 +73,7 @@ pub enum Kind {
 }
 
 /// A lifecycle hook.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Hook {
     Create,

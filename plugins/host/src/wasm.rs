@@ -48,6 +48,36 @@ pub struct CallState {
     limiter: MemoryCap,
     shared: Arc<PluginShared>,
     logs: u32,
+    /// When the call began, and how long it spent in the host's store
+    /// (file locks, fsync): the time limit is the plugin's own time.
+    began: std::time::Instant,
+    in_store: Duration,
+}
+
+/// The most a call may spend in store operations, on top of its limit: a
+/// plugin looping on store writes is still stopped.
+const MAX_STORE_TIME: Duration = Duration::from_secs(2);
+
+impl CallState {
+    /// Runs a store operation, keeping its time off the plugin's clock.
+    fn timed<T>(&mut self, op: impl FnOnce(&KvStore) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let t = std::time::Instant::now();
+        let store = self.store()?;
+        let out = op(store);
+        self.in_store += t.elapsed();
+        out
+    }
+
+    /// At the epoch deadline: the plugin's own time so far (wall clock
+    /// minus store operations) against `limit`.
+    fn past_limit(&self, limit: Duration) -> Option<Duration> {
+        let own = self.began.elapsed().saturating_sub(self.in_store);
+        if own >= limit || self.in_store >= MAX_STORE_TIME {
+            None
+        } else {
+            Some(limit - own)
+        }
+    }
 }
 
 impl WasiView for CallState {
@@ -115,19 +145,19 @@ impl CallState {
 
 impl bindings::store::Host for CallState {
     fn get(&mut self, key: String) -> Option<Vec<u8>> {
-        self.store().ok()?.get(&key)
+        self.timed(|s| Ok(s.get(&key))).ok().flatten()
     }
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), StoreError> {
-        self.store()?.set(&key, value)
+        self.timed(|s| s.set(&key, value))
     }
     fn delete(&mut self, key: String) -> Result<(), StoreError> {
-        self.store()?.delete(&key)
+        self.timed(|s| s.delete(&key))
     }
     fn keys(&mut self, prefix: String) -> Vec<String> {
-        self.store().map(|s| s.keys(&prefix)).unwrap_or_default()
+        self.timed(|s| Ok(s.keys(&prefix))).unwrap_or_default()
     }
     fn increment(&mut self, key: String, delta: i64) -> Result<i64, StoreError> {
-        self.store()?.increment(&key, delta)
+        self.timed(|s| s.increment(&key, delta))
     }
 }
 
@@ -325,9 +355,20 @@ impl WasmPlugin {
                 },
                 shared: Arc::clone(&self.shared),
                 logs: 0,
+                began: std::time::Instant::now(),
+                in_store: Duration::ZERO,
             },
         );
         store.limiter(|s| &mut s.limiter);
+        // The deadline counts wall clock; time spent in store operations
+        // is given back, so a slow disk does not cut a plugin short.
+        let limit = self.config.time_limit;
+        store.epoch_deadline_callback(move |ctx| {
+            Ok(match ctx.data().past_limit(limit) {
+                Some(left) => wasmtime::UpdateDeadline::Continue(deadline_ticks(left)),
+                None => wasmtime::UpdateDeadline::Interrupt,
+            })
+        });
         Ok((store, stderr))
     }
 

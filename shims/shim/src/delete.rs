@@ -11,9 +11,9 @@ use protobuf::Message;
 use crate::args::Args;
 use crate::error::{Result, ShimError};
 use crate::state::ExitRecord;
-use crate::{rootfs, runtime_root, start};
+use crate::{hardening, rootfs, runtime_root, start, Profile};
 
-pub fn run(args: &Args) -> Result<Vec<u8>> {
+pub fn run(args: &Args, profile: Profile) -> Result<Vec<u8>> {
     args.require_id()?;
     let bundle = start::bundle_dir(args)?;
     let runtime = Runtime::new(runtime_root(&args.namespace));
@@ -21,6 +21,7 @@ pub fn run(args: &Args) -> Result<Vec<u8>> {
         Ok(()) | Err(husk_runtime::Error::NotFound { .. }) => {}
         Err(e) => tracing::warn!(id = args.id, "deleting the container: {e}"),
     }
+    hardening::release(profile, &args.id);
     rootfs::unmount(&bundle.join("rootfs"));
     // The dead shim's socket, unless another container's shim serves it.
     let group = start::group_of(&bundle, &args.id);

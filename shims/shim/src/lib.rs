@@ -126,7 +126,7 @@ pub fn main(profile: Profile) -> ! {
         }
         Action::Delete => {
             init_logging(&args, None);
-            match delete::run(&args) {
+            match delete::run(&args, profile) {
                 Ok(bytes) => {
                     let mut out = std::io::stdout().lock();
                     let _ = out.write_all(&bytes).and_then(|_| out.flush());

@@ -80,22 +80,6 @@ fn runtime_options_config_path(any: &Any) -> Result<Option<PathBuf>> {
     Ok(config_path.filter(|p| !p.is_empty()).map(PathBuf::from))
 }
 
-/// Encodes `runtimeoptions.v1.Options { config_path }` (for huskd and tests).
-pub fn runtime_options(config_path: &Path) -> Any {
-    let mut value = Vec::new();
-    {
-        let mut out = protobuf::CodedOutputStream::vec(&mut value);
-        out.write_string(2, &config_path.to_string_lossy())
-            .expect("writing to a Vec cannot fail");
-        out.flush().expect("writing to a Vec cannot fail");
-    }
-    Any {
-        type_url: RUNTIME_OPTIONS_TYPE.into(),
-        value,
-        ..Default::default()
-    }
-}
-
 /// The plugin hosts this shim loaded, by config file. A shim serving a pod
 /// creates many containers: the host is loaded once and reloaded when its
 /// config file changes.
@@ -380,6 +364,21 @@ pub fn notify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What huskd (`shim_client::plugin_options`) and containerd send.
+    fn runtime_options(config_path: &Path) -> Any {
+        let mut value = Vec::new();
+        {
+            let mut out = protobuf::CodedOutputStream::vec(&mut value);
+            out.write_string(2, &config_path.to_string_lossy()).unwrap();
+            out.flush().unwrap();
+        }
+        Any {
+            type_url: RUNTIME_OPTIONS_TYPE.into(),
+            value,
+            ..Default::default()
+        }
+    }
 
     #[test]
     fn runtime_options_round_trip() {

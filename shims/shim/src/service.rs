@@ -22,7 +22,7 @@ use crate::events::Publisher;
 use crate::plugins::{self, Plugins};
 use crate::reaper::{self, Reaped};
 use crate::state::{Container, ExitRecord, Proc, ProcStatus, ShimState};
-use crate::{io, metrics, rootfs, Profile};
+use crate::{hardening, io, metrics, rootfs, Profile};
 
 /// Exit status reported for a process the shim had to kill itself.
 const KILLED: u32 = 128 + libc::SIGKILL as u32;
@@ -250,16 +250,23 @@ impl TaskService {
                     let binding = prepare_spec(shim, &id, &bundle, plugin_config, profile)?;
                     let mounted = rootfs::mount(&bundle, &mounts)?;
                     let created = (|| {
-                        let (pio, mut keep) = io::open(&stdin, &stdout, &stderr, terminal)?;
-                        let started = shim.runtime.create(
-                            &id,
-                            CreateOptions {
-                                bundle: bundle.clone(),
-                                keep_console: terminal,
-                                io: pio,
-                                ..Default::default()
-                            },
-                        )?;
+                        // After the plugins (which cannot undo it) and the
+                        // rootfs mount (mount points are created in it).
+                        hardening::apply_to_bundle(profile, &id, &bundle)?;
+                        let (pio, mut keep) = io::open(&stdin, &stdout, &stderr, terminal)
+                            .inspect_err(|_| hardening::release(profile, &id))?;
+                        let started = shim
+                            .runtime
+                            .create(
+                                &id,
+                                CreateOptions {
+                                    bundle: bundle.clone(),
+                                    keep_console: terminal,
+                                    io: pio,
+                                    ..Default::default()
+                                },
+                            )
+                            .inspect_err(|_| hardening::release(profile, &id))?;
                         if let Some(master) = started.console_master {
                             io::start_terminal(master, &stdin, &stdout, &mut keep)?;
                         }
@@ -389,10 +396,11 @@ impl TaskService {
                     "exec {exec_id:?} was already started"
                 )));
             }
-            let spec: oci_spec::runtime::Process =
+            let mut spec: oci_spec::runtime::Process =
                 serde_json::from_value(p.spec.clone().unwrap_or_default()).map_err(|e| {
                     ShimError::InvalidArgument(format!("exec {exec_id:?}: process spec: {e}"))
                 })?;
+            hardening::apply_exec(self.profile, &mut spec)?;
             let out = (
                 spec,
                 p.stdin.clone(),
@@ -563,12 +571,14 @@ impl TaskService {
             c.rootfs_mount.clone()
         };
         let owned = id.clone();
+        let profile = self.profile;
         self.shim
             .blocking(move |shim| {
                 match shim.runtime.delete(&owned, true) {
                     Ok(()) | Err(husk_runtime::Error::NotFound { .. }) => {}
                     Err(e) => return Err(e.into()),
                 }
+                hardening::release(profile, &owned);
                 if let Some(m) = &mount {
                     rootfs::unmount(m);
                 }
