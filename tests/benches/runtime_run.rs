@@ -141,15 +141,12 @@ fn main() -> ExitCode {
         eprintln!("runtime_run: needs root (it creates namespaces, cgroups and mounts)");
         return ExitCode::FAILURE;
     }
-    let iters = match std::env::var("BENCH_ITERS") {
-        Ok(v) => match v.parse::<usize>() {
-            Ok(n) if n > 0 => n,
-            _ => {
-                eprintln!("runtime_run: BENCH_ITERS must be a positive integer, got {v:?}");
-                return ExitCode::FAILURE;
-            }
-        },
-        Err(_) => DEFAULT_ITERS,
+    let iters = match husk_tests::stats::count_from_env("BENCH_ITERS", DEFAULT_ITERS) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("runtime_run: {e}");
+            return ExitCode::FAILURE;
+        }
     };
 
     let (contenders, missing) = contenders();
@@ -184,7 +181,7 @@ fn main() -> ExitCode {
     for c in &ready {
         println!("  {:<24} {}", c.name, c.bin.display());
     }
-    print_load();
+    husk_tests::stats::print_load();
     for round in 0..WARMUP + iters {
         let n = ready.len();
         for k in 0..n {
@@ -225,30 +222,6 @@ fn main() -> ExitCode {
         );
         ExitCode::from(2)
     }
-}
-
-/// The load average: numbers taken on a busy machine are not comparable
-/// with quiet ones (the ratios, taken round-robin, hold up better).
-fn print_load() {
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let one: f64 = load
-        .split_whitespace()
-        .next()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let busy = if one > cpus as f64 * 0.5 {
-        " (busy machine: expect noise; compare ratios, not absolute times)"
-    } else {
-        ""
-    };
-    println!(
-        "  load average {} on {cpus} CPUs{busy}",
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
 }
 
 /// The contenders found, and those missing with the reason.

@@ -25,6 +25,7 @@
 //! | [`plugin_config`] | the example plugins in a `plugins.toml` |
 //! | [`command`] | running commands with timeouts and readable failures |
 //! | [`host`] | root checks, `SKIP:` messages, finding host tools |
+//! | [`huskd`] | a private huskd and the `husk` CLI against it |
 //! | [`ids`] | unique container ids |
 //! | [`stats`] | median / percentiles for benchmarks |
 
@@ -34,6 +35,7 @@ pub mod command;
 pub mod containerd;
 pub mod cri;
 pub mod host;
+pub mod huskd;
 pub mod ids;
 pub mod image;
 pub mod leaks;

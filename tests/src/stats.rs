@@ -32,6 +32,44 @@ impl Summary {
     }
 }
 
+/// A count from environment variable `var` (`BENCH_ITERS=50`), or
+/// `default` when it is unset; an error naming the variable if it is not a
+/// positive integer.
+pub fn count_from_env(var: &str, default: usize) -> Result<usize, String> {
+    match std::env::var(var) {
+        Ok(v) => match v.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("{var} must be a positive integer, got {v:?}")),
+        },
+        Err(_) => Ok(default),
+    }
+}
+
+/// Prints the load average: numbers taken on a busy machine are not
+/// comparable with quiet ones (the ratios, taken round-robin, hold up
+/// better).
+pub fn print_load() {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let one: f64 = load
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let busy = if one > cpus as f64 * 0.5 {
+        " (busy machine: expect noise; compare ratios, not absolute times)"
+    } else {
+        ""
+    };
+    println!(
+        "  load average {} on {cpus} CPUs{busy}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+}
+
 /// The `p`th percentile (0..=100) of sorted, non-empty `sorted`, linearly
 /// interpolated between the two nearest ranks (numpy's default method).
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -65,6 +103,12 @@ mod tests {
     fn odd_count_median_is_middle() {
         let s = Summary::of(&ms(&[3, 1, 2])).unwrap();
         assert_eq!(s.median, 2.0);
+    }
+
+    #[test]
+    fn counts_from_env() {
+        let var = "HUSK_TESTS_STATS_COUNT_UNSET_VAR";
+        assert_eq!(count_from_env(var, 7), Ok(7));
     }
 
     #[test]

@@ -1,0 +1,288 @@
+//! How long `husk run --rm IMAGE /bin/true` takes through huskd, against
+//! `ctr run --rm` (containerd 1.6 + containerd-shim-runc-v2 + runc) and the
+//! `unshare … chroot` floor, side by side in one run.
+//!
+//! ```text
+//! cargo build --release -p husk-core -p husk-shim
+//! cargo bench -p husk-tests --bench huskd_run          # as root
+//! BENCH_ITERS=50 cargo bench -p husk-tests --bench huskd_run
+//! ```
+//!
+//! A private huskd (release build, no `--debug`) and a private containerd
+//! each get husk's busybox image; the floor runs in a busybox rootfs. Every
+//! contender runs `/bin/true` in turn (round-robin, starting with a
+//! different contender each round, so drift in the machine's load hits all
+//! alike). Timed is the whole client command, wall clock: for husk, create
+//! (overlay mount, bundle, shim start, Create), start, attach, wait, the
+//! shim's Delete and Shutdown, unmount and removal (`run --rm` returns once
+//! the container is gone); for ctr the same through containerd. Every run
+//! must exit 0; a preflight checks each contender really runs a container
+//! (`/bin/echo` and its output). Afterwards nothing may be left: no
+//! container in huskd or containerd, no shim, no mount.
+//!
+//! Contenders:
+//! - `husk run --rm IMAGE /bin/true` (runtime `native`: containerd-shim-husk-v2)
+//! - `husk run --rm --runtime runc IMAGE /bin/true` (Debian's
+//!   containerd-shim-runc-v2 driven by huskd)
+//! - `ctr run --rm IMAGE ID /bin/true` (containerd + containerd-shim-runc-v2)
+//! - the floor: `unshare --pid --fork --mount --uts --ipc --net chroot
+//!   ROOTFS /bin/true` (namespaces and a chroot, as in `runtime_run`)
+//!
+//! Targets (issue 4): husk at most 2x the floor, and at least 6x faster
+//! than containerd + runc. Both are printed as met or missed; the bench
+//! fails only if something does not run or leaks.
+
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use husk_tests::huskd::{Huskd, HuskdOptions, IMAGE};
+use husk_tests::stats::{self, Summary};
+use husk_tests::{command, leaks, unique_id, Bundle, Containerd, ImageBuilder};
+
+const DEFAULT_ITERS: usize = 30;
+const WARMUP: usize = 2;
+const MARKER: &str = "husk-bench-preflight-ok";
+const CTR_IMAGE: &str = "husk.test/busybox:latest";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    HuskNative,
+    HuskRunc,
+    Ctr,
+    Floor,
+}
+
+const KINDS: [(Kind, &str); 4] = [
+    (Kind::HuskNative, "husk run --rm"),
+    (Kind::HuskRunc, "husk run --rm --runtime runc"),
+    (Kind::Ctr, "ctr run --rm (runc shim)"),
+    (Kind::Floor, "floor [1]"),
+];
+
+struct Setup {
+    huskd: Huskd,
+    ctd: Containerd,
+    floor: Bundle,
+}
+
+impl Setup {
+    fn command(&self, kind: Kind, args: &[&str]) -> Command {
+        match kind {
+            Kind::HuskNative => self
+                .huskd
+                .husk_cmd(&[&["run", "--rm", IMAGE], args].concat()),
+            Kind::HuskRunc => self
+                .huskd
+                .husk_cmd(&[&["run", "--rm", "--runtime", "runc", IMAGE], args].concat()),
+            Kind::Ctr => {
+                let id = unique_id("bench-huskd-run");
+                let mut c = self.ctd.ctr_cmd();
+                c.args(["run", "--rm", CTR_IMAGE, &id]).args(args);
+                c
+            }
+            Kind::Floor => {
+                let mut c = Command::new("unshare");
+                c.args([
+                    "--pid", "--fork", "--mount", "--uts", "--ipc", "--net", "chroot",
+                ])
+                .arg(self.floor.rootfs())
+                .args(args);
+                c
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    // `cargo test --benches` runs bench targets without `--bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("huskd_run: not started with --bench; run `cargo bench -p husk-tests --bench huskd_run`");
+        return ExitCode::SUCCESS;
+    }
+    if !husk_tests::is_root() {
+        eprintln!("huskd_run: needs root (huskd mounts overlays and creates namespaces)");
+        return ExitCode::FAILURE;
+    }
+    let iters = match stats::count_from_env("BENCH_ITERS", DEFAULT_ITERS) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("huskd_run: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    husk_tests::require_command("containerd-shim-runc-v2");
+    husk_tests::require_command("unshare");
+
+    let huskd = Huskd::start_with_options(HuskdOptions {
+        debug: false,
+        ..Default::default()
+    });
+    huskd.import_busybox();
+    let ctd = Containerd::start();
+    let tar = huskd.tmp.path().join("busybox.tar");
+    if !tar.exists() {
+        ImageBuilder::busybox().write_tar(&tar);
+    }
+    ctd.import_image(&tar, "husk.test/busybox");
+    let setup = Setup {
+        huskd,
+        ctd,
+        floor: Bundle::busybox(&["/bin/true"]),
+    };
+
+    for (kind, name) in KINDS {
+        if let Err(e) = preflight(&setup, kind) {
+            eprintln!("huskd_run: {name} does not run a container: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+
+    println!(
+        "huskd_run: {iters} rounds (+{WARMUP} warm-up) of /bin/true in husk's busybox image, \
+         round-robin over {} contenders, wall clock per client command",
+        KINDS.len()
+    );
+    stats::print_load();
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); KINDS.len()];
+    for round in 0..WARMUP + iters {
+        for k in 0..KINDS.len() {
+            let i = (round + k) % KINDS.len();
+            let (kind, name) = KINDS[i];
+            let mut cmd = setup.command(kind, &["/bin/true"]);
+            cmd.stdin(Stdio::null());
+            let began = Instant::now();
+            let out = command::output(&mut cmd);
+            let took = began.elapsed();
+            if !out.status.success() {
+                eprintln!(
+                    "huskd_run: {name} failed in round {round}: `{}`: {}",
+                    command::describe(&cmd),
+                    command::format_output(&out)
+                );
+                return ExitCode::FAILURE;
+            }
+            if round >= WARMUP {
+                samples[i].push(took);
+            }
+        }
+    }
+    stats::print_load();
+    let summaries: Vec<Summary> = samples
+        .iter()
+        .map(|s| Summary::of(s).expect("every contender has samples"))
+        .collect();
+    report(&summaries);
+
+    match leftovers(&setup) {
+        Ok(()) => {
+            println!("\nleft behind: nothing (no container, shim or mount)");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("huskd_run: left behind after the runs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `/bin/echo MARKER` through the contender and checks the output.
+fn preflight(s: &Setup, kind: Kind) -> Result<(), String> {
+    let mut cmd = s.command(kind, &["/bin/echo", MARKER]);
+    let out = command::try_output_timeout(&mut cmd, Duration::from_secs(60))?;
+    if !out.status.success() || String::from_utf8_lossy(&out.stdout).trim() != MARKER {
+        return Err(format!(
+            "`{}` (expected exit 0 and {MARKER:?} on stdout): {}",
+            command::describe(&cmd),
+            command::format_output(&out)
+        ));
+    }
+    Ok(())
+}
+
+fn report(s: &[Summary]) {
+    println!();
+    println!(
+        "{:<30} {:>9} {:>8} {:>8} {:>5}",
+        "contender", "median ms", "p10 ms", "p90 ms", "n"
+    );
+    for ((_, name), s) in KINDS.iter().zip(s) {
+        println!(
+            "{name:<30} {:>9.2} {:>8.2} {:>8.2} {:>5}",
+            s.median, s.p10, s.p90, s.n
+        );
+    }
+    println!(
+        "[1] unshare --pid --fork --mount --uts --ipc --net chroot ROOTFS /bin/true \
+         (namespaces and a chroot, no runtime)"
+    );
+    let [husk, husk_runc, ctr, floor] = [s[0], s[1], s[2], s[3]];
+    println!();
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    let r = husk.median / floor.median;
+    println!(
+        "husk / floor            {r:>6.2}x  (target <= 2x: {}; p90 {:.2}x)",
+        verdict(r <= 2.0),
+        husk.p90 / floor.p90
+    );
+    let r = ctr.median / husk.median;
+    println!(
+        "ctr+runc / husk         {r:>6.2}x  (target >= 6x faster: {}; p90 {:.2}x)",
+        verdict(r >= 6.0),
+        ctr.p90 / husk.p90
+    );
+    println!(
+        "ctr+runc / husk+runc    {:>6.2}x  (the same runc shim, driven by huskd instead of containerd)",
+        ctr.median / husk_runc.median
+    );
+    println!(
+        "husk+runc / husk        {:>6.2}x  (runc's shim and runc against husk's shim, both under huskd)",
+        husk_runc.median / husk.median
+    );
+}
+
+/// Containers, shims and mounts still there after the runs.
+fn leftovers(s: &Setup) -> Result<(), String> {
+    let mut found = Vec::new();
+    let ids = s.huskd.container_ids();
+    if !ids.is_empty() {
+        found.push(format!("huskd still lists {ids:?}"));
+    }
+    let ctd_list = s.ctd.ctr(&["containers", "ls", "-q"]);
+    let listed = String::from_utf8_lossy(&ctd_list.stdout).trim().to_string();
+    if !listed.is_empty() {
+        found.push(format!("containerd still lists {listed:?}"));
+    }
+    // Shims are given the huskd socket (`-address`) and containerd's.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let mut now = Vec::new();
+        for needle in [
+            s.huskd.socket.to_string_lossy().into_owned(),
+            s.ctd.address().to_string_lossy().into_owned(),
+        ] {
+            now.extend(
+                leaks::processes_matching(&needle)
+                    .into_iter()
+                    .filter(|p| p.cmdline.contains("shim"))
+                    .map(|p| format!("shim process {p}")),
+            );
+        }
+        for dir in [s.huskd.tmp.path(), s.ctd.dir()] {
+            now.extend(
+                leaks::mount_points_under(dir)
+                    .into_iter()
+                    .map(|m| format!("mount {}", m.display())),
+            );
+        }
+        if now.is_empty() || Instant::now() >= deadline {
+            found.extend(now);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if found.is_empty() {
+        Ok(())
+    } else {
+        Err(found.join("; "))
+    }
+}
