@@ -8,6 +8,7 @@
 //! | [`client`] | the blocking client `husk` uses |
 //! | [`state`] | directories, container records, crash-safe writes |
 //! | [`containers`] | the container lifecycle and restart recovery |
+//! | [`cgroup_warm`] | the cgroup migration lock kept warm while creating |
 //! | [`spec_builder`] | the OCI spec from the image config and flags |
 //! | [`shim_client`] | shim v2: `start`, `delete`, the ttrpc Task client |
 //! | [`events`] | the ttrpc events endpoint shims publish to |
@@ -18,6 +19,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod api;
+pub mod cgroup_warm;
 pub mod client;
 pub mod containers;
 pub mod error;

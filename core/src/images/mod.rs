@@ -48,6 +48,6 @@ pub(crate) mod testutil;
 pub use digest::{chain_ids, Digest};
 pub use error::{ImageError, Result};
 pub use gc::PruneReport;
-pub use overlay::RootfsMount;
+pub use overlay::{RootfsMount, UpperSync};
 pub use store::{ImageInspect, ImageStore, ImageSummary, ImportOptions, ImportedImage};
 pub use unpack::{DevicePolicy, UnpackOptions, WhiteoutMode};

@@ -66,6 +66,22 @@ fn bad_path(p: &Path, why: &str) -> ImageError {
     )
 }
 
+/// Whether the writes to an overlay's upper dir must reach the disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UpperSync {
+    /// The upper filesystem is synced as usual: on fsync calls inside the
+    /// container, and on unmount (which syncs the whole upper filesystem,
+    /// everyone's dirty data included).
+    #[default]
+    Synced,
+    /// overlayfs `volatile` (Linux 5.10+): no sync of the upper filesystem
+    /// at all. For a container whose writable layer is thrown away when
+    /// it exits (`run --rm`): a host crash loses nothing that would have
+    /// been kept. Where the kernel refuses the option, the mount falls
+    /// back to [`UpperSync::Synced`].
+    Volatile,
+}
+
 /// Mounts an overlay of `lowers` (top first) with `upper` and `work` (both
 /// created if missing, on one filesystem) at `target`. Needs root.
 pub fn mount_overlay(
@@ -73,20 +89,34 @@ pub fn mount_overlay(
     upper: &Path,
     work: &Path,
     target: &Path,
+    sync: UpperSync,
 ) -> Result<RootfsMount> {
     for d in [upper, work, target] {
         std::fs::create_dir_all(d)
             .map_err(|e| ImageError::io(format!("creating {}", d.display()), e))?;
     }
     let opts = overlay_options(lowers, upper, work)?;
-    mount(
-        Some("overlay"),
-        target,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(opts.as_str()),
-    )
-    .map_err(|e| ImageError::Mount {
+    let mount_with = |opts: &str| {
+        mount(
+            Some("overlay"),
+            target,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(opts),
+        )
+    };
+    let mounted = match sync {
+        UpperSync::Synced => mount_with(&opts),
+        UpperSync::Volatile => match mount_with(&format!("{opts},volatile")) {
+            // Kernels before 5.10 do not know `volatile`.
+            Err(nix::Error::EINVAL) => {
+                tracing::debug!(target = %target.display(), "overlayfs refused volatile; mounting synced");
+                mount_with(&opts)
+            }
+            r => r,
+        },
+    };
+    mounted.map_err(|e| ImageError::Mount {
         context: format!("mounting overlay at {}", target.display()),
         source: e,
         hint: "mounting needs root (CAP_SYS_ADMIN) and upper/work dirs on one filesystem \

@@ -18,7 +18,7 @@ use super::gc::{self, PruneReport};
 use super::index::{index_path, write_atomic, ImageIndex, ImageRecord};
 use super::layout::{self, ResolvedImage};
 use super::lock::StoreLock;
-use super::overlay::{self, RootfsMount};
+use super::overlay::{self, RootfsMount, UpperSync};
 use super::snapshots::Snapshots;
 use super::unpack::UnpackOptions;
 
@@ -454,6 +454,20 @@ impl ImageStore {
         upper: &Path,
         work: &Path,
     ) -> Result<RootfsMount> {
+        self.mount_rootfs_with(name, lease, target, upper, work, UpperSync::Synced)
+    }
+
+    /// [`ImageStore::mount_rootfs`], choosing whether the upper dir is
+    /// synced (see [`UpperSync`]).
+    pub fn mount_rootfs_with(
+        &self,
+        name: &str,
+        lease: &str,
+        target: &Path,
+        upper: &Path,
+        work: &Path,
+        sync: UpperSync,
+    ) -> Result<RootfsMount> {
         validate_lease(lease)?;
         let _lock = self.lock_shared()?;
         let (full, r) = self.get_locked(name)?;
@@ -468,7 +482,7 @@ impl ImageStore {
             })
             .expect("a lease serializes"),
         )?;
-        overlay::mount_overlay(&lowers, upper, work, target).inspect_err(|_| {
+        overlay::mount_overlay(&lowers, upper, work, target, sync).inspect_err(|_| {
             let _ = fs::remove_file(&lease_path);
         })
     }
