@@ -11,6 +11,7 @@
 //! | [`cgroup_warm`] | the cgroup migration lock kept warm while creating |
 //! | [`spec_builder`] | the OCI spec from the image config and flags |
 //! | [`shim_client`] | shim v2: `start`, `delete`, the ttrpc Task client |
+//! | [`shims`] | the running shims: list, live swap (`husk.shim.v1.Shim`) |
 //! | [`events`] | the ttrpc events endpoint shims publish to |
 //! | [`logs`] | output FIFOs captured to log files |
 //! | [`plugins`] | installed plugins: the config shims are given, `husk plugin` |
@@ -26,10 +27,11 @@ pub mod error;
 pub mod events;
 pub mod images;
 pub mod logs;
-pub mod plugins;
 pub mod plugin_scaffold;
+pub mod plugins;
 pub mod server;
 pub mod shim_client;
+pub mod shims;
 pub mod spec_builder;
 pub mod state;
 pub mod volumes;

@@ -164,6 +164,8 @@ async fn dispatch(
 ) -> Result<Value> {
     match method {
         "version" => Ok(json!({"api": API_VERSION, "version": env!("CARGO_PKG_VERSION")})),
+        "shim.list" => to_value(crate::shims::list(m).await),
+        "shim.upgrade" => to_value(crate::shims::upgrade(m, params(p)?).await?),
         "image.import" => {
             #[derive(Deserialize)]
             struct P {

@@ -122,8 +122,32 @@ enum Cmd {
     /// Manage policy and lifecycle plugins (they run in the shims).
     #[command(subcommand)]
     Plugin(PluginCmd),
+    /// The containers' shims: list them, swap their binary live.
+    #[command(subcommand)]
+    Shim(ShimCmd),
     /// huskd's API version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum ShimCmd {
+    /// Each running container's shim: binary, version, pid, uptime, swaps.
+    #[command(alias = "list")]
+    Ls,
+    /// Swap shims to a new binary live: same pid, same containers
+    /// (docs/live-swap.md).
+    Upgrade {
+        /// The new shim binary: a path, or a runtime name (native,
+        /// hardened). Default: the file now at each shim's own path.
+        #[arg(long)]
+        binary: Option<String>,
+        /// Every running container's shim.
+        #[arg(long, conflicts_with = "container")]
+        all: bool,
+        /// The container whose shim to swap.
+        #[arg(required_unless_present = "all")]
+        container: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -640,6 +664,32 @@ fn run(cli: &Cli) -> Result<u8, Fail> {
             }
         },
         Cmd::Plugin(cmd) => return plugin_cmd(&c, cmd, json_out),
+        Cmd::Shim(ShimCmd::Ls) => {
+            let (v, rows) = husk_core::shims::cli::ls(&c)?;
+            if json_out {
+                print_json(&v);
+            } else {
+                table(rows);
+            }
+        }
+        Cmd::Shim(ShimCmd::Upgrade {
+            binary,
+            all,
+            container,
+        }) => {
+            let (v, lines, ok) = husk_core::shims::cli::upgrade(
+                &c,
+                container.as_deref(),
+                *all,
+                binary.as_deref(),
+            )?;
+            if json_out {
+                print_json(&v);
+            } else {
+                lines.iter().for_each(|l| println!("{l}"));
+            }
+            return Ok(if ok { 0 } else { 1 });
+        }
     }
     Ok(0)
 }

@@ -648,6 +648,13 @@ impl api::Shim for HuskService {
             conn,
             stream_id: ctx.mh.stream_id,
         };
-        Err(self.swapper.swap(&req.binary, trigger).await.into())
+        // Its own task: a swap must never be cancelled half-way (the call's
+        // deadline drops this handler, not the swap).
+        let swapper = Arc::clone(&self.swapper);
+        let swap = tokio::spawn(async move { swapper.swap(&req.binary, trigger).await });
+        let e = swap
+            .await
+            .unwrap_or_else(|e| ShimError::Internal(format!("the swap task failed: {e}")));
+        Err(e.into())
     }
 }
