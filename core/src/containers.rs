@@ -344,7 +344,8 @@ impl Manager {
                 id.clone(),
                 bundle.clone(),
             );
-            tokio::task::spawn_blocking(move || l.start(&bin, &id2, &b2))
+            let plugins = self.plugins.config_for_shims();
+            tokio::task::spawn_blocking(move || l.start(&bin, &id2, &b2, plugins.as_deref()))
                 .await
                 .map_err(|e| CoreError::Internal(e.to_string()))??
         };

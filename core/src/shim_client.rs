@@ -158,10 +158,20 @@ impl ShimLauncher {
         c
     }
 
-    /// `shim start`: returns the address the shim printed.
-    pub fn start(&self, bin: &Path, id: &str, bundle: &Path) -> Result<String> {
+    /// `shim start`: returns the address the shim printed. `plugin_config`,
+    /// the config its Create will name, is loaded by the shim meanwhile.
+    pub fn start(
+        &self,
+        bin: &Path,
+        id: &str,
+        bundle: &Path,
+        plugin_config: Option<&Path>,
+    ) -> Result<String> {
         let mut c = self.command(bin, id, bundle);
         c.arg("start");
+        if let Some(config) = plugin_config {
+            c.env("HUSK_PLUGIN_PRELOAD", config);
+        }
         let out = c
             .output()
             .map_err(|e| CoreError::Runtime(format!("running {} start: {e}", bin.display())))?;

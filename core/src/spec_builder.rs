@@ -258,7 +258,10 @@ pub fn build(
         .map(|(k, v)| (k.clone(), json!(v)))
         .collect();
     annotations.insert(IMAGE_REF_ANNOTATION.into(), json!(img.name));
-    annotations.insert(IMAGE_DIGEST_ANNOTATION.into(), json!(img.digest.to_string()));
+    annotations.insert(
+        IMAGE_DIGEST_ANNOTATION.into(),
+        json!(img.digest.to_string()),
+    );
     Ok(json!({
         "ociVersion": "1.0.2",
         "annotations": annotations,

@@ -677,12 +677,8 @@ fn run(cli: &Cli) -> Result<u8, Fail> {
             all,
             container,
         }) => {
-            let (v, lines, ok) = husk_core::shims::cli::upgrade(
-                &c,
-                container.as_deref(),
-                *all,
-                binary.as_deref(),
-            )?;
+            let (v, lines, ok) =
+                husk_core::shims::cli::upgrade(&c, container.as_deref(), *all, binary.as_deref())?;
             if json_out {
                 print_json(&v);
             } else {
@@ -733,9 +729,9 @@ fn plugin_cmd(c: &Client, cmd: &PluginCmd, json_out: bool) -> Result<u8, Fail> {
                 .map_err(|e| Fail(125, format!("{}: {e}", path.display())))?;
             let mut map = serde_json::Map::new();
             for kv in config {
-                let (k, v) = kv.split_once('=').ok_or_else(|| {
-                    Fail(125, format!("invalid --config {kv:?}: use KEY=VALUE"))
-                })?;
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| Fail(125, format!("invalid --config {kv:?}: use KEY=VALUE")))?;
                 map.insert(k.into(), json!(v));
             }
             let r = c.call(
@@ -763,9 +759,11 @@ fn plugin_cmd(c: &Client, cmd: &PluginCmd, json_out: bool) -> Result<u8, Fail> {
             if json_out {
                 print_json(&r);
             } else {
-                let mut rows = vec![["NAME", "KIND", "HOOKS", "MODE", "ON ERROR", "ORDER", "SHA256"]
-                    .map(String::from)
-                    .to_vec()];
+                let mut rows = vec![[
+                    "NAME", "KIND", "HOOKS", "MODE", "ON ERROR", "ORDER", "SHA256",
+                ]
+                .map(String::from)
+                .to_vec()];
                 for p in r.as_array().into_iter().flatten() {
                     let s = |k: &str| p[k].as_str().unwrap_or("").to_string();
                     rows.push(vec![
@@ -790,9 +788,8 @@ fn plugin_cmd(c: &Client, cmd: &PluginCmd, json_out: bool) -> Result<u8, Fail> {
                 Some(path) => {
                     let text = std::fs::read_to_string(path)
                         .map_err(|e| Fail(125, format!("{}: {e}", path.display())))?;
-                    let v: Value = serde_json::from_str(&text).map_err(|e| {
-                        Fail(125, format!("{} is not JSON: {e}", path.display()))
-                    })?;
+                    let v: Value = serde_json::from_str(&text)
+                        .map_err(|e| Fail(125, format!("{} is not JSON: {e}", path.display())))?;
                     Some(v)
                 }
                 None => None,

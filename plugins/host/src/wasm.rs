@@ -60,7 +60,10 @@ const MAX_STORE_TIME: Duration = Duration::from_secs(2);
 
 impl CallState {
     /// Runs a store operation, keeping its time off the plugin's clock.
-    fn timed<T>(&mut self, op: impl FnOnce(&KvStore) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn timed<T>(
+        &mut self,
+        op: impl FnOnce(&KvStore) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let t = std::time::Instant::now();
         let store = self.store()?;
         let out = op(store);

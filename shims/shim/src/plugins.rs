@@ -27,6 +27,10 @@ use crate::Profile;
 
 pub const DEFAULT_CONFIG: &str = "/etc/husk/plugins.toml";
 pub const CONFIG_ENV: &str = "HUSK_PLUGIN_CONFIG";
+/// A config the shim daemon loads in the background as it starts, so the
+/// first Create finds the plugins ready (huskd sets it; `start` sets it
+/// from the runtime options containerd writes on its stdin).
+pub const PRELOAD_ENV: &str = "HUSK_PLUGIN_PRELOAD";
 /// containerd's generic runtime options (`runtimeoptions.v1.Options`).
 const RUNTIME_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
 /// Written into the bundle when plugins edited the spec or an audit-mode
@@ -78,6 +82,35 @@ fn runtime_options_config_path(any: &Any) -> Result<Option<PathBuf>> {
         }
     }
     Ok(config_path.filter(|p| !p.is_empty()).map(PathBuf::from))
+}
+
+/// The plugin config named in the runtime options containerd 1.6 writes
+/// on `start`'s stdin (a protobuf `Any`); `None` for anything else.
+pub fn config_in_start_options(bytes: &[u8]) -> Option<PathBuf> {
+    use protobuf::Message;
+    let any = Any::parse_from_bytes(bytes).ok()?;
+    runtime_options_config_path(&any).ok().flatten()
+}
+
+/// Starts loading the config named by `$HUSK_PLUGIN_PRELOAD`, if any: the
+/// engine and the compiled plugins are ready before Create asks for them
+/// (a Create that comes first waits for the load rather than repeating it).
+pub fn preload(plugins: &Arc<Plugins>) {
+    let Some(config) = std::env::var_os(PRELOAD_ENV).filter(|p| !p.is_empty()) else {
+        return;
+    };
+    let config = PathBuf::from(config);
+    let plugins = plugins.clone();
+    let spawned = std::thread::Builder::new()
+        .name("husk-plugin-preload".into())
+        .spawn(move || {
+            if let Err(e) = plugins.host(&config) {
+                tracing::warn!(%e, "preloading plugins");
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(%e, "cannot start a thread to preload plugins");
+    }
 }
 
 /// The plugin hosts this shim loaded, by config file. A shim serving a pod
@@ -408,6 +441,20 @@ mod tests {
             runtime_options_config_path(&any).unwrap(),
             Some(PathBuf::from("/p.toml"))
         );
+    }
+
+    #[test]
+    fn start_stdin_options_name_the_config() {
+        use protobuf::Message;
+        let bytes = runtime_options(Path::new("/p.toml"))
+            .write_to_bytes()
+            .unwrap();
+        assert_eq!(
+            config_in_start_options(&bytes),
+            Some(PathBuf::from("/p.toml"))
+        );
+        assert_eq!(config_in_start_options(b""), None);
+        assert_eq!(config_in_start_options(b"\xff\xff garbage"), None);
     }
 
     #[test]

@@ -110,6 +110,7 @@ async fn run(inh: Inheritance, profile: Profile) -> Result<()> {
         tracing::warn!("took the shim back after a failed swap: {why}");
     }
     let shim = Arc::new(Shim::new(state, events));
+    crate::plugins::preload(&shim.plugins);
     swap::restore_io(&shim, inh.io);
     let swapper = Swapper::new(Arc::clone(&shim), profile);
     let mut services = create_task(Arc::new(TaskService {

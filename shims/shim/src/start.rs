@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::args::Args;
 use crate::error::{Result, ShimError};
+use crate::plugins;
 
 /// Where containerd's shims keep their sockets.
 pub const SOCKET_DIR: &str = "/run/containerd/s";
@@ -87,7 +88,7 @@ pub fn bundle_dir(args: &Args) -> Result<PathBuf> {
 /// Runs `start`: returns the address printed to containerd.
 pub fn run(args: &Args) -> Result<String> {
     args.require_id()?;
-    drain_bootstrap_params();
+    let preload = plugins::config_in_start_options(&drain_bootstrap_params());
     let bundle = bundle_dir(args)?;
     let group = group_of(&bundle, &args.id);
     let address = socket_address(&args.address, &args.namespace, &group);
@@ -108,7 +109,7 @@ pub fn run(args: &Args) -> Result<String> {
         }
         Err(e) => return Err(ShimError::io(format!("bind shim socket {path}"))(e)),
     };
-    let pid = match spawn_daemon(args, &bundle, &address, listener.as_raw_fd()) {
+    let pid = match spawn_daemon(args, &bundle, &address, listener.as_raw_fd(), preload) {
         Ok(pid) => pid,
         Err(e) => {
             let _ = std::fs::remove_file(&path);
@@ -121,7 +122,13 @@ pub fn run(args: &Args) -> Result<String> {
     Ok(address)
 }
 
-fn spawn_daemon(args: &Args, bundle: &Path, address: &str, listener: i32) -> Result<u32> {
+fn spawn_daemon(
+    args: &Args,
+    bundle: &Path,
+    address: &str,
+    listener: i32,
+    plugin_config: Option<PathBuf>,
+) -> Result<u32> {
     let exe = std::fs::read_link("/proc/self/exe")
         .map_err(ShimError::io("find the shim's own binary"))?;
     let mut cmd = Command::new(exe);
@@ -136,6 +143,9 @@ fn spawn_daemon(args: &Args, bundle: &Path, address: &str, listener: i32) -> Res
     cmd.args(["-publish-binary", &args.publish_binary, "-socket", address]);
     if args.debug {
         cmd.arg("-debug");
+    }
+    if let Some(config) = plugin_config {
+        cmd.env(plugins::PRELOAD_ENV, config);
     }
     cmd.current_dir(bundle)
         .stdin(Stdio::null())
@@ -176,14 +186,15 @@ fn write_bundle_file(bundle: &Path, name: &str, contents: &str) -> Result<()> {
         .map_err(ShimError::io(format!("write {}", path.display())))
 }
 
-/// containerd 2.3+ writes a protobuf `BootstrapParams` on `start`'s stdin;
-/// older versions give /dev/null. We need nothing from it (the flags carry
-/// the same facts), but read it so the writer never blocks.
-fn drain_bootstrap_params() {
+/// containerd 1.6 writes the runtime options (a protobuf `Any`) on
+/// `start`'s stdin, 2.3+ a `BootstrapParams`; others give /dev/null. Read
+/// it so the writer never blocks; the options may name the plugin config
+/// the daemon can load before the first Create.
+fn drain_bootstrap_params() -> Vec<u8> {
     // SAFETY: fd 0 is borrowed only for these calls.
     let stdin = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
     if nix::unistd::isatty(stdin).unwrap_or(true) {
-        return;
+        return Vec::new();
     }
     let mut fds = [libc::pollfd {
         fd: 0,
@@ -193,7 +204,7 @@ fn drain_bootstrap_params() {
     // SAFETY: fds is a valid array of one pollfd.
     let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, 200) };
     if ready <= 0 {
-        return;
+        return Vec::new();
     }
     // SAFETY: fd 0 stays open for the life of the process; ManuallyDrop
     // keeps the File from closing it.
@@ -201,6 +212,7 @@ fn drain_bootstrap_params() {
     let mut buf = Vec::new();
     let _ = (&mut *f).take(1 << 20).read_to_end(&mut buf);
     tracing::debug!(bytes = buf.len(), "read bootstrap params from stdin");
+    buf
 }
 
 /// Prints the address the way containerd reads it (no newline needed).

@@ -15,7 +15,11 @@ use husk_plugins::{mutation, ContainerContext, PluginHost, Verdict};
 use serde_json::json;
 
 #[derive(Parser)]
-#[command(name = "husk-plugin", version, about = "check and try husk plugin configs")]
+#[command(
+    name = "husk-plugin",
+    version,
+    about = "check and try husk plugin configs"
+)]
 struct Args {
     #[command(subcommand)]
     cmd: Cmd,
@@ -113,7 +117,10 @@ fn run(a: Args) -> Result<serde_json::Value, String> {
             };
             let view = husk_plugins::view::from_spec(&id, &spec, &ctx);
             let verdict = host.verdict_of(&plugin, &view).ok_or_else(|| {
-                format!("{plugin:?} is not a loaded plugin with a create hook in {}", config.display())
+                format!(
+                    "{plugin:?} is not a loaded plugin with a create hook in {}",
+                    config.display()
+                )
             })?;
             Ok(match verdict {
                 Ok(Verdict::Allow) => json!({"plugin": plugin, "verdict": "allow"}),

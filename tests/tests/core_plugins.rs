@@ -1,0 +1,318 @@
+//! Must show (plugins issue), end to end under huskd: `husk plugin
+//! install/ls/rm/test`, a denied `husk run` that fails with the reason and
+//! leaves nothing, a mutation seen from inside the container, audit mode,
+//! hot reload without restarting huskd, misbehaving plugins stopped within
+//! their limits, and bad plugins refused at install.
+
+mod core_common;
+
+use std::time::{Duration, Instant};
+
+use core_common::{Huskd, IMAGE};
+use husk_tests::leaks::{assert_no_leaks, mounts_matching, processes_matching};
+use husk_tests::plugin_config::plugin_file;
+use husk_tests::require_root;
+
+/// CAP_NET_RAW's bit in /proc/PID/status's capability masks.
+const CAP_NET_RAW_BIT: u64 = 1 << 13;
+
+fn huskd() -> Huskd {
+    let d = Huskd::start();
+    d.import_busybox();
+    d
+}
+
+fn install(d: &Huskd, file: &str, extra: &[&str]) -> String {
+    let path = plugin_file(file);
+    let mut args = vec!["plugin", "install", path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    d.husk_ok(&args)
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn cap_mask(status: &str, field: &str) -> u64 {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("no {field} in:\n{status}"));
+    u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+}
+
+/// Nothing of huskd's containers is left: no record, mount, shim or cgroup.
+fn assert_nothing_left(d: &Huskd) {
+    assert_eq!(d.husk_ok(&["ps", "-a", "--format", "json"]).trim(), "[]");
+    let tmp = d.tmp.path().to_string_lossy().into_owned();
+    assert_eq!(mounts_matching(&tmp), Vec::<String>::new());
+    // A shim exits right after answering Shutdown.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let shims: Vec<_> = processes_matching(&tmp)
+            .into_iter()
+            .filter(|p| p.cmdline.contains("containerd-shim"))
+            .collect();
+        if shims.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "shims left: {shims:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The denied container's id, from huskd's log of the failed create.
+    for line in d.log().lines().filter(|l| l.contains("create failed")) {
+        if let Some(id) = line
+            .split("id=")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+        {
+            assert_no_leaks(id);
+        }
+    }
+}
+
+#[test]
+fn a_denied_run_fails_with_the_reason_and_leaves_nothing() {
+    require_root!();
+    let d = huskd();
+    install(&d, "rust-policy.wasm", &["--name", "security"]);
+    let out = d.husk(&["run", "--rm", "-e", "API_TOKEN=hunter2", IMAGE, "true"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(
+            "husk: denied by policy security: environment variable API_TOKEN looks like a secret"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(d.log().contains("create failed"), "{}", d.log());
+    assert_nothing_left(&d);
+    // The same container without the secret runs: the denial was the policy's.
+    assert_eq!(d.husk_ok(&["run", "--rm", IMAGE, "echo", "ok"]), "ok\n");
+}
+
+#[test]
+fn a_mutated_container_lacks_cap_net_raw() {
+    require_root!();
+    let d = huskd();
+    let before = d.husk_ok(&["run", "--rm", IMAGE, "cat", "/proc/1/status"]);
+    assert_ne!(
+        cap_mask(&before, "CapBnd:") & CAP_NET_RAW_BIT,
+        0,
+        "the test needs NET_RAW by default"
+    );
+    install(&d, "rust-policy.wasm", &["--name", "security"]);
+    let out = d.husk(&["run", "--rm", IMAGE, "cat", "/proc/1/status"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = stdout(&out);
+    for field in ["CapBnd:", "CapEff:", "CapPrm:"] {
+        assert_eq!(
+            cap_mask(&status, field) & CAP_NET_RAW_BIT,
+            0,
+            "{field}: {status}"
+        );
+    }
+    assert!(
+        stderr(&out).contains("policy security: "),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn audit_mode_runs_the_container_and_reports_the_would_deny() {
+    require_root!();
+    let d = huskd();
+    install(&d, "rust-policy.wasm", &["--name", "security", "--audit"]);
+    let out = d.husk(&["run", "--rm", "-e", "DB_PASSWORD=x", IMAGE, "echo", "ran"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "ran\n");
+    assert!(
+        stderr(&out).contains(
+            "husk: audit: policy security would deny: environment variable DB_PASSWORD looks like a secret"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn hot_reload_swaps_a_policy_without_restarting_huskd() {
+    require_root!();
+    let d = huskd();
+    let pid = d.pid();
+    let secret = ["run", "--rm", "-e", "GITHUB_TOKEN=ghp_x", IMAGE, "true"];
+    install(&d, "wat-allow.wasm", &["--name", "gate"]);
+    assert!(d.husk(&secret).status.success());
+    // Same name, new code: the next container gets it.
+    install(&d, "rust-policy.wasm", &["--name", "gate"]);
+    let out = d.husk(&secret);
+    assert!(
+        stderr(&out).contains("denied by policy gate"),
+        "{}",
+        stderr(&out)
+    );
+    d.husk_ok(&["plugin", "rm", "gate"]);
+    assert!(d.husk(&secret).status.success());
+    assert_eq!(d.pid(), pid, "huskd was restarted");
+}
+
+#[test]
+fn the_registry_rule_sees_the_image_reference() {
+    require_root!();
+    let d = huskd();
+    install(
+        &d,
+        "rust-policy.wasm",
+        &[
+            "--name",
+            "registries",
+            "--config",
+            "allowed-registries=ghcr.io",
+        ],
+    );
+    let out = d.husk(&["run", "--rm", IMAGE, "true"]);
+    assert!(
+        stderr(&out).contains(&format!(
+            "image {IMAGE} is not from an allowed registry (ghcr.io)"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    install(
+        &d,
+        "rust-policy.wasm",
+        &[
+            "--name",
+            "registries",
+            "--config",
+            "allowed-registries=husk.test",
+        ],
+    );
+    assert_eq!(d.husk_ok(&["run", "--rm", IMAGE, "echo", "ok"]), "ok\n");
+}
+
+#[test]
+fn misbehaving_plugins_are_stopped_within_their_limits() {
+    require_root!();
+    let d = huskd();
+    let cases = [
+        ("wat-loop.wasm", "--time-limit", "50"),
+        ("wat-membomb.wasm", "--memory-limit", "16"),
+        ("wat-trap.wasm", "--time-limit", "100"),
+        ("wat-invalid-mutation.wasm", "--time-limit", "100"),
+    ];
+    for (file, flag, value) in cases {
+        for on_error in ["deny", "allow"] {
+            install(
+                &d,
+                file,
+                &["--name", "bad", flag, value, "--on-error", on_error],
+            );
+            let t = Instant::now();
+            let out = d.husk(&["run", "--rm", IMAGE, "true"]);
+            let took = t.elapsed();
+            assert!(took < Duration::from_secs(10), "{file}: {took:?}");
+            if on_error == "deny" {
+                assert!(!out.status.success(), "{file} was allowed");
+                assert!(
+                    stderr(&out).contains("denied by policy bad"),
+                    "{file}: {}",
+                    stderr(&out)
+                );
+            } else {
+                assert!(
+                    out.status.success(),
+                    "{file} with on-error allow: {}",
+                    stderr(&out)
+                );
+            }
+        }
+    }
+    assert_nothing_left(&d);
+}
+
+#[test]
+fn plugin_ls_test_rm() {
+    require_root!();
+    let d = huskd();
+    install(&d, "rust-policy.wasm", &["--name", "security"]);
+    install(
+        &d,
+        "rust-lifecycle.wasm",
+        &["--name", "recorder", "--grant", "store"],
+    );
+    let ls = d.husk_ok(&["plugin", "ls"]);
+    assert!(ls.contains("security") && ls.contains("create"), "{ls}");
+    assert!(ls.contains("recorder") && ls.contains("start,exit"), "{ls}");
+    // The image's spec: allowed with edits, nothing run.
+    let t = d.husk_ok(&["plugin", "test", "security", "--image", IMAGE]);
+    assert!(t.contains("mutate") && t.contains("CAP_NET_RAW"), "{t}");
+    // A spec file with a secret: denied, exit status 1.
+    let spec = d.tmp.path().join("config.json");
+    let mut v = serde_json::to_value(husk_runtime::spec::default_spec(false)).unwrap();
+    v["process"]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push("AWS_KEY=AKIAXXXX".into());
+    std::fs::write(&spec, v.to_string()).unwrap();
+    let out = d.husk(&[
+        "plugin",
+        "test",
+        "security",
+        "--spec",
+        spec.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("deny: environment variable AWS_KEY looks like a secret"),
+        "{}",
+        stdout(&out)
+    );
+    d.husk_ok(&["plugin", "rm", "security"]);
+    let out = d.husk(&["plugin", "rm", "security"]);
+    assert!(
+        stderr(&out).contains("no plugin \"security\" is installed"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!d.husk_ok(&["plugin", "ls"]).contains("security"));
+}
+
+/// Each bad plugin is refused with an error naming the problem, and
+/// nothing is installed.
+#[test]
+fn bad_plugins_are_refused_at_install() {
+    require_root!();
+    let d = huskd();
+    let cases: [(&str, &[&str], &str); 4] = [
+        ("fixture-not-wasm.wasm", &[], "not a WebAssembly"),
+        ("fixture-other-world.wasm", &[], "husk:plugin"),
+        ("fixture-wrong-version.wasm", &[], "0.2.0"),
+        ("rust-lifecycle.wasm", &[], "store"),
+    ];
+    for (file, extra, needle) in cases {
+        let path = plugin_file(file);
+        let mut args = vec!["plugin", "install", path.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = d.husk(&args);
+        assert!(!out.status.success(), "{file} was installed");
+        assert!(stderr(&out).contains(needle), "{file}: {}", stderr(&out));
+    }
+    let out = d.husk(&["plugin", "install", "/nonexistent/p.wasm"]);
+    assert!(
+        stderr(&out).contains("/nonexistent/p.wasm"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        d.husk_ok(&["plugin", "ls", "--format", "json"]).trim(),
+        "[]"
+    );
+    // No plugin: containers run as before.
+    assert_eq!(d.husk_ok(&["run", "--rm", IMAGE, "echo", "ok"]), "ok\n");
+}
