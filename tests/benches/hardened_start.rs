@@ -20,7 +20,7 @@ mod escape;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use escape::{Env, Target};
+use escape::{Env, Runner, Target};
 use husk_tests::stats::{count_from_env, Summary};
 use husk_tests::unique_id;
 

@@ -11,9 +11,10 @@
 //! husk-runtime directly.
 
 #[path = "escape_common/mod.rs"]
+#[macro_use]
 mod escape;
 
-use escape::{Env, Outcome, Target};
+use escape::{Env, Extra, Outcome, Runner, Target};
 use husk_tests::{require_root, unique_id, Bundle, HuskRuntime};
 
 /// Runs one vector on every runtime, prints the row, and asserts that the
@@ -32,39 +33,7 @@ fn vector(name: &str, f: escape::VectorFn) {
     );
 }
 
-macro_rules! vector_tests {
-    ($($test:ident => $f:ident),* $(,)?) => {$(
-        #[test]
-        fn $test() {
-            require_root!();
-            let name = escape::VECTORS
-                .iter()
-                .find(|(_, f)| std::ptr::fn_addr_eq(*f, escape::$f as escape::VectorFn))
-                .map(|(n, _)| *n)
-                .unwrap_or(stringify!($f));
-            vector(name, escape::$f);
-        }
-    )*};
-}
-
-vector_tests! {
-    escape_mount => mount,
-    escape_new_namespace => namespaces,
-    escape_ptrace => ptrace,
-    escape_kernel_module => module,
-    escape_proc_kcore_sysrq_sysctl => proc_files,
-    escape_mknod_device => mknod,
-    escape_raw_socket => raw_socket,
-    escape_keyctl => keyctl,
-    escape_bpf => bpf,
-    escape_setuid_binary => setuid,
-    escape_host_processes => host_processes,
-    escape_runtime_binary_via_proc_exe => runtime_exe,
-    escape_leaked_host_fd => leaked_fds,
-    escape_symlinked_mount => symlinked_mount,
-    escape_fork_bomb => fork_bomb,
-    escape_memory_limit => memory,
-}
+vector_tests!(vector);
 
 #[test]
 fn hardened_runs_ordinary_workloads() {
@@ -75,7 +44,7 @@ fn hardened_runs_ordinary_workloads() {
     let out = env.run(
         t,
         &unique_id("husk-ord"),
-        &["--env", "GREETING=hi"],
+        &[Extra::Env("GREETING=hi")],
         &[
             "/bin/sh",
             "-c",
@@ -102,11 +71,11 @@ fn hardened_runs_ordinary_workloads() {
     };
     ip(&["netns", "add", &netns]);
     ip(&["netns", "exec", &netns, "ip", "link", "set", "lo", "up"]);
-    let with_ns = format!("network:/var/run/netns/{netns}");
+    let netns_path = format!("/var/run/netns/{netns}");
     let out = env.run(
         t,
         &unique_id("husk-ord"),
-        &["--with-ns", &with_ns],
+        &[Extra::NetnsPath(&netns_path)],
         &[
             "/bin/sh",
             "-c",
@@ -216,4 +185,58 @@ fn landlock_stops_magic_links_to_the_host_tree() {
     let _ = host.wait();
     assert_eq!(outputs[0], "REACHED\n\n", "without Landlock");
     assert_eq!(outputs[1], "DENIED\n\n", "with Landlock");
+}
+
+/// The control for the setuid vector: every runtime here sets
+/// no_new_privs by default (`ctr run`'s default spec and huskd's spec
+/// builder both do), so the catalogue's setuid row is blocked everywhere.
+/// Through husk-runtime directly, the same attempt (the same probe, a
+/// setuid-root copy of it, uid 1000) gets euid 0 without no_new_privs and
+/// is blocked, naming no_new_privs, with it: the image step keeps the bit
+/// (the probe refuses a verdict without it) and the probe tells an
+/// escalation from a block.
+#[test]
+fn setuid_vector_escalates_without_no_new_privs() {
+    require_root!();
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let probe = escape::build_probe(tmp.path());
+    let rt = HuskRuntime::new();
+    let mut outcomes = Vec::new();
+    for nnp in [false, true] {
+        let b = Bundle::busybox(&["/probe", "as", "1000", "/probe-suid", "euid"]);
+        let suid = b.rootfs().join("probe-suid");
+        std::fs::copy(&probe, b.rootfs().join("probe")).unwrap();
+        std::fs::copy(&probe, &suid).unwrap();
+        std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
+        let mut b = b;
+        b.update_spec(|s| {
+            let p = s.process_mut().as_mut().unwrap();
+            p.set_no_new_privileges(Some(nnp));
+            // The probe drops to uid 1000 first: CAP_SETUID and CAP_SETGID.
+            let mut caps = p.capabilities().clone().unwrap_or_default();
+            let add = |set: &Option<oci_spec::runtime::Capabilities>| {
+                let mut set = set.clone().unwrap_or_default();
+                set.insert(oci_spec::runtime::Capability::Setuid);
+                set.insert(oci_spec::runtime::Capability::Setgid);
+                Some(set)
+            };
+            caps.set_bounding(add(caps.bounding()));
+            caps.set_effective(add(caps.effective()));
+            caps.set_permitted(add(caps.permitted()));
+            p.set_capabilities(Some(caps));
+        });
+        let out = rt.run_bundle(&b, &unique_id("husk-suid"));
+        outcomes.push(escape::classify(&out));
+    }
+    assert!(
+        matches!(&outcomes[0], Outcome::Escaped(_)),
+        "without no_new_privs: {}",
+        outcomes[0]
+    );
+    assert!(
+        matches!(&outcomes[1], Outcome::Blocked(why) if why.contains("no_new_privs")),
+        "with no_new_privs: {}",
+        outcomes[1]
+    );
 }

@@ -1,10 +1,13 @@
 //! The escape catalogue, shared by `tests/tests/escape.rs` (one test per
-//! vector) and `tests/benches/hardened_start.rs`'s table mode.
+//! vector, through containerd), `tests/tests/escape_huskd.rs` (the same
+//! vectors through huskd) and `tests/benches/hardened_start.rs`'s table
+//! mode.
 //!
-//! Every vector runs as root inside a busybox container started by a real
-//! containerd 1.6 (`ctr run --rm --runtime R`), once per runtime: husk's
-//! hardened shim, husk's native shim and Debian's runc shim with default
-//! settings. Most attempts are made by `probe` (probe.c, built static here
+//! Every vector runs as root inside a busybox container started by a
+//! [`Runner`]: a real containerd 1.6 ([`Env`], `ctr run --rm --runtime R`)
+//! or a private huskd ([`HuskdEnv`], `husk run --rm --runtime R`), once per
+//! runtime: husk's hardened shim, husk's native shim and Debian's runc shim
+//! with default settings. Most attempts are made by `probe` (probe.c, built static here
 //! and added to the image), which prints `RESULT: ESCAPED ...` when the
 //! attack worked and `RESULT: BLOCKED ...` when it did not; shell vectors
 //! print the same. Nothing a successful attempt does changes the host: keys,
@@ -17,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use husk_tests::huskd::Huskd;
 use husk_tests::runtime_bin::profile_dir_of;
 use husk_tests::{command, Containerd, ContainerdOptions, ImageBuilder};
 
@@ -41,6 +45,15 @@ impl Target {
             Target::Hardened => "io.containerd.husk-hardened.v2",
             Target::Native => "io.containerd.husk.v2",
             Target::Runc => "io.containerd.runc.v2",
+        }
+    }
+
+    /// The runtime's name in huskd (`husk run --runtime NAME`).
+    pub fn huskd_name(self) -> &'static str {
+        match self {
+            Target::Hardened => "hardened",
+            Target::Native => "native",
+            Target::Runc => "runc",
         }
     }
 
@@ -125,27 +138,70 @@ pub fn build_probe(dir: &Path) -> PathBuf {
     out
 }
 
+/// Writes the escape image (busybox, /probe, a setuid-root copy
+/// /probe-suid, mode 4755 owned by uid 0 in the layer) as an OCI archive
+/// under `dir`; returns its path.
+pub fn build_image(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let layer = dir.join("layer");
+    std::fs::create_dir_all(&layer).unwrap();
+    let probe = build_probe(dir);
+    let (plain, suid) = (layer.join("probe"), layer.join("probe-suid"));
+    std::fs::copy(&probe, &plain).unwrap();
+    std::fs::copy(&probe, &suid).unwrap();
+    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Owner first: chown clears the setuid bit.
+    std::os::unix::fs::chown(&suid, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let tar = dir.join("escape.tar");
+    ImageBuilder::busybox().layer(&layer).write_tar(&tar);
+    tar
+}
+
+/// What a vector may add to its container.
+#[derive(Debug, Clone, Copy)]
+pub enum Extra<'a> {
+    /// `KEY=VALUE` in the environment.
+    Env(&'a str),
+    /// A read-only bind mount of a host path.
+    BindRo { src: &'a Path, dst: &'a str },
+    /// Join this network namespace (a path); containerd only: huskd gives
+    /// every container its own.
+    NetnsPath(&'a str),
+}
+
+/// Starts containers of the escape image on a runtime: through
+/// containerd ([`Env`]) or through huskd ([`HuskdEnv`]).
+pub trait Runner: Sync {
+    /// Runs `cmd` as root in a new container `id` of [`IMAGE`] on `target`,
+    /// removed when it exits, with a time limit.
+    fn run(&self, target: Target, id: &str, extra: &[Extra], cmd: &[&str]) -> Output;
+
+    /// Runs `cmd` in the running container `id` (an `exec`; the result is
+    /// not needed).
+    fn exec(&self, id: &str, n: usize, cmd: &[&str]);
+
+    /// A host directory for the vectors' own files.
+    fn scratch(&self) -> &Path;
+
+    /// Runs `cmd` and reads its verdict.
+    fn attempt(&self, target: Target, id: &str, extra: &[Extra], cmd: &[&str]) -> Outcome {
+        classify(&self.run(target, id, extra, cmd))
+    }
+
+    /// A shell script as the container's command.
+    fn script(&self, target: Target, id: &str, script: &str) -> Outcome {
+        self.attempt(target, id, &[], &["/bin/sh", "-c", script])
+    }
+}
+
 impl Env {
     pub fn start() -> Env {
         let tmp = tempfile::Builder::new()
             .prefix("husk-escape-")
             .tempdir()
             .unwrap();
-        let layer = tmp.path().join("layer");
-        std::fs::create_dir_all(&layer).unwrap();
-        let probe = build_probe(tmp.path());
-        std::fs::copy(&probe, layer.join("probe")).unwrap();
-        std::fs::copy(&probe, layer.join("probe-suid")).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(layer.join("probe"), std::fs::Permissions::from_mode(0o755))
-            .unwrap();
-        std::fs::set_permissions(
-            layer.join("probe-suid"),
-            std::fs::Permissions::from_mode(0o4755),
-        )
-        .unwrap();
-        let tar = tmp.path().join("escape.tar");
-        ImageBuilder::busybox().layer(&layer).write_tar(&tar);
+        let tar = build_image(tmp.path());
         let ctd = Containerd::start_with(ContainerdOptions {
             path_prepend: vec![shim_dir()],
             ..Default::default()
@@ -153,12 +209,23 @@ impl Env {
         ctd.import_image(&tar, "husk.test/escape");
         Env { ctd, tmp }
     }
+}
 
+impl Runner for Env {
     /// `ctr run --rm --runtime R [extra] IMAGE ID cmd...`, with a time limit.
-    pub fn run(&self, target: Target, id: &str, extra: &[&str], cmd: &[&str]) -> Output {
+    fn run(&self, target: Target, id: &str, extra: &[Extra], cmd: &[&str]) -> Output {
         let mut c = self.ctd.ctr_cmd();
         c.args(["run", "--rm", "--runtime", target.runtime()]);
-        c.args(extra);
+        for e in extra {
+            match e {
+                Extra::Env(kv) => c.args(["--env", kv]),
+                Extra::BindRo { src, dst } => c.arg("--mount").arg(format!(
+                    "type=bind,src={},dst={dst},options=rbind:ro",
+                    src.display()
+                )),
+                Extra::NetnsPath(p) => c.arg("--with-ns").arg(format!("network:{p}")),
+            };
+        }
         c.args([IMAGE, id]);
         c.args(cmd);
         match command::try_output_timeout(&mut c, VECTOR_TIMEOUT) {
@@ -170,14 +237,74 @@ impl Env {
         }
     }
 
-    /// Runs `cmd` and reads its verdict.
-    pub fn attempt(&self, target: Target, id: &str, extra: &[&str], cmd: &[&str]) -> Outcome {
-        classify(&self.run(target, id, extra, cmd))
+    fn exec(&self, id: &str, n: usize, cmd: &[&str]) {
+        let exec_id = format!("x{n}");
+        let mut args = vec!["task", "exec", "--exec-id", &exec_id, id];
+        args.extend_from_slice(cmd);
+        let _ = self.ctd.ctr(&args);
     }
 
-    /// A shell script as the container's command.
-    pub fn script(&self, target: Target, id: &str, script: &str) -> Outcome {
-        self.attempt(target, id, &[], &["/bin/sh", "-c", script])
+    fn scratch(&self) -> &Path {
+        self.tmp.path()
+    }
+}
+
+/// A private huskd with husk's shims beside it and the escape image
+/// imported as [`IMAGE`].
+pub struct HuskdEnv {
+    pub d: Huskd,
+}
+
+impl HuskdEnv {
+    pub fn start() -> HuskdEnv {
+        let d = Huskd::start();
+        let tar = build_image(d.tmp.path());
+        d.husk_ok(&["image", "import", "--name", IMAGE, tar.to_str().unwrap()]);
+        HuskdEnv { d }
+    }
+
+    /// `husk run --rm --name ID --runtime R [extra] IMAGE cmd...` without
+    /// a time limit's kill.
+    pub fn run_cmd(&self, target: Target, id: &str, extra: &[Extra], cmd: &[&str]) -> Command {
+        let mut c = self.d.husk_cmd(&["run", "--rm", "--name", id]);
+        c.args(["--runtime", target.huskd_name()]);
+        for e in extra {
+            match e {
+                Extra::Env(kv) => c.args(["--env", kv]),
+                Extra::BindRo { src, dst } => {
+                    c.arg("--volume").arg(format!("{}:{dst}:ro", src.display()))
+                }
+                Extra::NetnsPath(_) => panic!(
+                    "huskd gives every container its own network namespace: \
+                     it cannot join one by path (use the containerd runner)"
+                ),
+            };
+        }
+        c.arg(IMAGE).args(cmd);
+        c
+    }
+}
+
+impl Runner for HuskdEnv {
+    fn run(&self, target: Target, id: &str, extra: &[Extra], cmd: &[&str]) -> Output {
+        let mut c = self.run_cmd(target, id, extra, cmd);
+        match command::try_output_timeout(&mut c, VECTOR_TIMEOUT) {
+            Ok(out) => out,
+            Err(e) => {
+                let _ = self.d.husk(&["rm", "-f", id]);
+                panic!("{e}\nhuskd log:\n{}", self.d.log())
+            }
+        }
+    }
+
+    fn exec(&self, id: &str, _n: usize, cmd: &[&str]) {
+        let mut args = vec!["exec", id];
+        args.extend_from_slice(cmd);
+        let _ = self.d.husk(&args);
+    }
+
+    fn scratch(&self) -> &Path {
+        self.d.tmp.path()
     }
 }
 
@@ -206,7 +333,50 @@ pub fn classify(out: &Output) -> Outcome {
     ))
 }
 
-pub type VectorFn = fn(&Env, Target, &str) -> Outcome;
+pub type VectorFn = fn(&dyn Runner, Target, &str) -> Outcome;
+
+/// A vector's name in [`VECTORS`].
+pub fn vector_name(f: VectorFn) -> &'static str {
+    VECTORS
+        .iter()
+        .find(|(_, v)| std::ptr::fn_addr_eq(*v, f))
+        .map(|(n, _)| *n)
+        .expect("every vector is in VECTORS")
+}
+
+/// One `#[test]` per vector of the catalogue, each calling
+/// `$run(name, vector)` (which runs it and asserts). For a file that
+/// includes this module as `#[macro_use] mod escape;`.
+#[allow(unused_macros)]
+macro_rules! vector_tests {
+    ($run:path) => {
+        vector_tests!($run;
+            escape_mount => mount,
+            escape_new_namespace => namespaces,
+            escape_ptrace => ptrace,
+            escape_kernel_module => module,
+            escape_proc_kcore_sysrq_sysctl => proc_files,
+            escape_mknod_device => mknod,
+            escape_raw_socket => raw_socket,
+            escape_keyctl => keyctl,
+            escape_bpf => bpf,
+            escape_setuid_binary => setuid,
+            escape_host_processes => host_processes,
+            escape_runtime_binary_via_proc_exe => runtime_exe,
+            escape_leaked_host_fd => leaked_fds,
+            escape_symlinked_mount => symlinked_mount,
+            escape_fork_bomb => fork_bomb,
+            escape_memory_limit => memory,
+        );
+    };
+    ($run:path; $($test:ident => $f:ident),* $(,)?) => {$(
+        #[test]
+        fn $test() {
+            husk_tests::require_root!();
+            $run(escape::vector_name(escape::$f), escape::$f);
+        }
+    )*};
+}
 
 /// The catalogue: (name, attempt).
 pub const VECTORS: &[(&str, VectorFn)] = &[
@@ -228,7 +398,7 @@ pub const VECTORS: &[(&str, VectorFn)] = &[
     ("allocate past the memory limit", memory),
 ];
 
-pub fn mount(env: &Env, t: Target, id: &str) -> Outcome {
+pub fn mount(env: &dyn Runner, t: Target, id: &str) -> Outcome {
     env.script(
         t,
         id,
@@ -241,7 +411,7 @@ echo "RESULT: BLOCKED $(mount -t tmpfs none /tmp/m 2>&1 | head -1)""#,
     )
 }
 
-pub fn namespaces(env: &Env, t: Target, id: &str) -> Outcome {
+pub fn namespaces(env: &dyn Runner, t: Target, id: &str) -> Outcome {
     env.script(
         t,
         id,
@@ -250,15 +420,15 @@ exec /probe namespaces"#,
     )
 }
 
-pub fn ptrace(env: &Env, t: Target, id: &str) -> Outcome {
+pub fn ptrace(env: &dyn Runner, t: Target, id: &str) -> Outcome {
     env.attempt(t, id, &[], &["/probe", "ptrace"])
 }
 
-pub fn module(env: &Env, t: Target, id: &str) -> Outcome {
+pub fn module(env: &dyn Runner, t: Target, id: &str) -> Outcome {
     env.attempt(t, id, &[], &["/probe", "module"])
 }
 
-pub fn proc_files(env: &Env, t: Target, id: &str) -> Outcome {
+pub fn proc_files(env: &dyn Runner, t: Target, id: &str) -> Outcome {
     env.script(
         t,
         id,
@@ -271,7 +441,7 @@ echo "RESULT: BLOCKED kcore empty, sysrq-trigger and core_pattern not writable""
     )
 }
 
-pub fn mknod(env: &Env, t: Target, id: &str) -> Outcome {
+pub fn mknod(env: &dyn Runner, t: Target, id: &str) -> Outcome {
     env.script(
         t,
         id,
@@ -282,23 +452,23 @@ echo "RESULT: BLOCKED mknod worked, open failed: $(head -c 1 /tmp/kmsg 2>&1 | he
     )
 }
 
-pub fn raw_socket(env: &Env, t: Target, id: &str) -> Outcome {
+pub fn raw_socket(env: &dyn Runner, t: Target, id: &str) -> Outcome {
     env.attempt(t, id, &[], &["/probe", "rawsock"])
 }
 
-pub fn keyctl(env: &Env, t: Target, id: &str) -> Outcome {
+pub fn keyctl(env: &dyn Runner, t: Target, id: &str) -> Outcome {
     env.attempt(t, id, &[], &["/probe", "keyctl"])
 }
 
-pub fn bpf(env: &Env, t: Target, id: &str) -> Outcome {
+pub fn bpf(env: &dyn Runner, t: Target, id: &str) -> Outcome {
     env.attempt(t, id, &[], &["/probe", "bpf"])
 }
 
-pub fn setuid(env: &Env, t: Target, id: &str) -> Outcome {
+pub fn setuid(env: &dyn Runner, t: Target, id: &str) -> Outcome {
     env.attempt(t, id, &[], &["/probe", "as", "1000", "/probe-suid", "euid"])
 }
 
-pub fn host_processes(env: &Env, t: Target, id: &str) -> Outcome {
+pub fn host_processes(env: &dyn Runner, t: Target, id: &str) -> Outcome {
     let marker = format!("husk-escape-marker-{id}");
     let mut host = Command::new("/bin/sh")
         .args(["-c", &format!("sleep 300; : {marker}")])
@@ -320,7 +490,7 @@ fn sha256_of(path: &Path) -> Option<String> {
 /// for writing, the host execs into it over and over (each exec puts a
 /// runtime process in the container for a moment). The runtime binaries'
 /// digests are compared too.
-pub fn runtime_exe(env: &Env, t: Target, id: &str) -> Outcome {
+pub fn runtime_exe(env: &dyn Runner, t: Target, id: &str) -> Outcome {
     let dir = shim_dir();
     let binaries: Vec<PathBuf> = [
         dir.join("containerd-shim-husk-v2"),
@@ -337,10 +507,7 @@ pub fn runtime_exe(env: &Env, t: Target, id: &str) -> Outcome {
         let running = s.spawn(|| env.attempt(t, id, &[], &["/probe", "exewrite", "6"]));
         std::thread::sleep(Duration::from_millis(1500));
         for i in 0..8 {
-            let exec_id = format!("x{i}");
-            let _ = env
-                .ctd
-                .ctr(&["task", "exec", "--exec-id", &exec_id, id, "/bin/true"]);
+            env.exec(id, i, &["/bin/true"]);
         }
         running.join().expect("the attempt thread")
     });
@@ -351,25 +518,24 @@ pub fn runtime_exe(env: &Env, t: Target, id: &str) -> Outcome {
     outcome
 }
 
-pub fn leaked_fds(env: &Env, t: Target, id: &str) -> Outcome {
+pub fn leaked_fds(env: &dyn Runner, t: Target, id: &str) -> Outcome {
     env.attempt(t, id, &[], &["/probe", "fds"])
 }
 
 /// A volume whose source is a symlink to the host's /etc.
-pub fn symlinked_mount(env: &Env, t: Target, id: &str) -> Outcome {
-    let dir = env.tmp.path().join(format!("vol-{id}"));
+pub fn symlinked_mount(env: &dyn Runner, t: Target, id: &str) -> Outcome {
+    let dir = env.scratch().join(format!("vol-{id}"));
     std::fs::create_dir_all(&dir).unwrap();
     let link = dir.join("data");
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink("/etc", &link).unwrap();
-    let mount = format!(
-        "type=bind,src={},dst=/data,options=rbind:ro",
-        link.display()
-    );
     let out = env.run(
         t,
         id,
-        &["--mount", &mount],
+        &[Extra::BindRo {
+            src: &link,
+            dst: "/data",
+        }],
         &[
             "/bin/sh",
             "-c",
@@ -393,11 +559,11 @@ echo "RESULT: BLOCKED /data is not the host's /etc""#,
     }
 }
 
-pub fn fork_bomb(env: &Env, t: Target, id: &str) -> Outcome {
+pub fn fork_bomb(env: &dyn Runner, t: Target, id: &str) -> Outcome {
     env.attempt(t, id, &[], &["/probe", "forkbomb", "1100"])
 }
 
-pub fn memory(env: &Env, t: Target, id: &str) -> Outcome {
+pub fn memory(env: &dyn Runner, t: Target, id: &str) -> Outcome {
     env.attempt(t, id, &[], &["/probe", "memhog", "1536"])
 }
 

@@ -18,6 +18,8 @@
 #include <string.h>
 #include <sys/ptrace.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <netinet/in.h>
@@ -171,14 +173,48 @@ static int forkbomb(int n) {
     return blocked(what, err);
 }
 
-static int euid(void) {
-    printf("euid %d\n", (int)geteuid());
-    if (geteuid() == 0) return escaped("a setuid binary ran as root");
-    printf("RESULT: BLOCKED the setuid bit gave no privilege (euid %d)\n", (int)geteuid());
+/* Why a setuid-root binary did not give root: every reason that holds. */
+static int euid(const char *self) {
+    int e = (int)geteuid();
+    printf("euid %d\n", e);
+    if (e == 0) return escaped("a setuid binary ran as root");
+    char why[512] = "";
+    struct stat st;
+    if (stat(self, &st) == 0 && st.st_uid != 0) {
+        snprintf(why + strlen(why), sizeof why - strlen(why),
+                 " its owner is uid %d here (host root is not mapped in this user namespace);",
+                 (int)st.st_uid);
+    }
+    struct statvfs vfs;
+    if (statvfs(self, &vfs) == 0 && (vfs.f_flag & ST_NOSUID))
+        snprintf(why + strlen(why), sizeof why - strlen(why), " its filesystem is mounted nosuid;");
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "NoNewPrivs:\t1", 13))
+            snprintf(why + strlen(why), sizeof why - strlen(why), " no_new_privs is set;");
+    if (f) fclose(f);
+    if (!why[0]) {
+        /* The bit was there (checked by `as` before the exec) and nothing
+         * explains it: no verdict, the test must look. */
+        printf("the setuid bit gave no privilege and no reason was found (euid %d)\n", e);
+        return 2;
+    }
+    printf("RESULT: BLOCKED the setuid bit gave no privilege (euid %d):%s\n", e, why);
     return 1;
 }
 
+/* Drops to `uid` and execs argv (a setuid-root binary): no verdict if the
+ * image lost the setuid bit or the root owner, since then the attempt
+ * proves nothing. */
 static int as(int uid, char **argv) {
+    struct stat st;
+    if (stat(argv[0], &st)) { perror(argv[0]); return 2; }
+    printf("%s: mode %o, owner uid %d\n", argv[0], (unsigned)st.st_mode & 07777, (int)st.st_uid);
+    if (!(st.st_mode & S_ISUID)) {
+        printf("%s has no setuid bit: the image lost it, the attempt would prove nothing\n", argv[0]);
+        return 2;
+    }
     if (setgroups(0, 0) || setgid(uid) || setuid(uid)) { perror("drop to uid"); return 2; }
     execv(argv[0], argv);
     perror("execv");
@@ -279,7 +315,7 @@ int main(int argc, char **argv) {
     if (!strcmp(c, "module")) return module();
     if (!strcmp(c, "fds")) return fds();
     if (!strcmp(c, "memhog") && argc > 2) return memhog(atol(argv[2]));
-    if (!strcmp(c, "euid")) return euid();
+    if (!strcmp(c, "euid")) return euid(argv[0]);
     if (!strcmp(c, "forkbomb") && argc > 2) return forkbomb(atoi(argv[2]));
     if (!strcmp(c, "as") && argc > 3) return as(atoi(argv[2]), argv + 3);
     if (!strcmp(c, "hostproc") && argc > 2) return hostproc(argv[2]);
