@@ -1,10 +1,11 @@
 //! Start latency of husk's hardened shim against its native shim, side by
 //! side in one run: `ctr run --rm` of /bin/true through containerd 1.6
-//! (client, shim start, the hardening, create, start, wait, delete).
-//! Target: hardened at most 1.3x native.
+//! (client, shim start, the hardening, create, start, wait, delete), then
+//! `husk run --rm` of /bin/true through huskd. Target: hardened at most
+//! 1.3x native.
 //!
 //! ```text
-//! cargo build --release -p husk-shim -p husk-runtime
+//! cargo build --release -p husk-shim -p husk-core
 //! cargo bench -p husk-tests --bench hardened_start            # as root
 //! BENCH_ITERS=50 cargo bench -p husk-tests --bench hardened_start
 //! cargo bench -p husk-tests --bench hardened_start -- --table  # the escape table
@@ -20,7 +21,8 @@ mod escape;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use escape::{Env, Runner, Target};
+use escape::{Env, HuskdEnv, Runner, Target};
+use husk_tests::huskd::HuskdOptions;
 use husk_tests::stats::{count_from_env, Summary};
 use husk_tests::unique_id;
 
@@ -41,22 +43,35 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let env = Env::start();
+    let ctd = Env::start();
+    let huskd = HuskdEnv::start_with(HuskdOptions {
+        debug: false,
+        ..Default::default()
+    });
+    husk_tests::stats::print_load();
+    compare("ctr run --rm of /bin/true", &ctd, iters);
+    compare("husk run --rm of /bin/true (huskd)", &huskd, iters);
+    husk_tests::stats::print_load();
+    ExitCode::SUCCESS
+}
+
+/// Native and hardened round-robin through one runner; prints medians and
+/// the ratio.
+fn compare(what: &str, env: &dyn Runner, iters: usize) {
     let contenders = [Target::Native, Target::Hardened];
     for t in contenders {
         for _ in 0..2 {
-            run_once(&env, t);
+            run_once(env, t);
         }
     }
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); contenders.len()];
     for round in 0..iters {
         for k in 0..contenders.len() {
             let i = (round + k) % contenders.len();
-            samples[i].push(run_once(&env, contenders[i]));
+            samples[i].push(run_once(env, contenders[i]));
         }
     }
-    husk_tests::stats::print_load();
-    println!("ctr run --rm of /bin/true, {iters} runs each (ms)");
+    println!("{what}, {iters} runs each (ms)");
     println!("{:<14} {:>8} {:>8} {:>8}", "shim", "median", "p10", "p90");
     let s: Vec<Summary> = samples.iter().map(|v| Summary::of(v).unwrap()).collect();
     for (t, s) in contenders.iter().zip(&s) {
@@ -72,10 +87,9 @@ fn main() -> ExitCode {
         "hardened / native: {:.2} (target <= 1.30)",
         s[1].median / s[0].median
     );
-    ExitCode::SUCCESS
 }
 
-fn run_once(env: &Env, t: Target) -> Duration {
+fn run_once(env: &dyn Runner, t: Target) -> Duration {
     let id = unique_id("bench-hard");
     let began = Instant::now();
     let out = env.run(t, &id, &[], &["/bin/true"]);

@@ -229,6 +229,18 @@ impl StateDir {
 /// Crash-safe write: temp file, fsync, rename. A reader sees the old or the
 /// new contents, never a torn file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_renamed(path, bytes, true)
+}
+
+/// [`write_atomic`] without the fsync: a reader (or a crash of this
+/// process) still sees the old or the new contents, but a crash of the
+/// machine may lose both. For files that mean nothing after a host crash,
+/// such as a bundle's config.json rewritten before its container exists.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_renamed(path, bytes, false)
+}
+
+fn write_renamed(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp{}",
@@ -238,7 +250,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, path)
     })()
     .context(|| format!("write {}", path.display()))

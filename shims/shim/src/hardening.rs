@@ -103,7 +103,8 @@ pub fn apply_to_bundle(
     let path = bundle.join("config.json");
     let written = serde_json::to_vec(&spec)
         .map_err(|e| ShimError::Internal(format!("serialize the hardened spec: {e}")))
-        .and_then(|bytes| Ok(husk_runtime::state::write_atomic(&path, &bytes)?));
+        // No fsync: until create returns there is no container to recover.
+        .and_then(|bytes| Ok(husk_runtime::state::replace_file(&path, &bytes)?));
     if let Err(e) = written {
         release(profile, container_id);
         return Err(e);

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use husk_tests::huskd::Huskd;
+use husk_tests::huskd::{Huskd, HuskdOptions};
 use husk_tests::runtime_bin::profile_dir_of;
 use husk_tests::{command, Containerd, ContainerdOptions, ImageBuilder};
 
@@ -257,7 +257,11 @@ pub struct HuskdEnv {
 
 impl HuskdEnv {
     pub fn start() -> HuskdEnv {
-        let d = Huskd::start();
+        Self::start_with(HuskdOptions::default())
+    }
+
+    pub fn start_with(opts: HuskdOptions) -> HuskdEnv {
+        let d = Huskd::start_with_options(opts);
         let tar = build_image(d.tmp.path());
         d.husk_ok(&["image", "import", "--name", IMAGE, tar.to_str().unwrap()]);
         HuskdEnv { d }

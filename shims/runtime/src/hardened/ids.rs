@@ -3,14 +3,16 @@
 //!
 //! Range `i` is `base + i * size .. base + (i + 1) * size`. The record is
 //! `allocations.json` in the state dir, changed under an exclusive
-//! `flock` on `lock` and replaced atomically (write, fsync, rename), so a
-//! crash leaves the old or the new record, never half of one. An entry
+//! `flock` on `lock` and replaced atomically (write, rename), so a crash
+//! of a shim leaves the old or the new record, never half of one. No
+//! fsync: the record lives in /run and means nothing after a host crash
+//! (its containers are gone too), and two fsyncs per create and delete
+//! were a visible part of the hardened start latency. An entry
 //! whose bundle directory is gone (the container was removed without a
 //! release, e.g. its shim was killed) is reclaimed by the next allocation.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -167,15 +169,8 @@ impl IdAllocator {
         let path = self.dir.join(RECORD);
         let tmp = self.dir.join(format!(".{RECORD}.{}", std::process::id()));
         let bytes = serde_json::to_vec_pretty(record).expect("the record serializes");
-        let ctx = || format!("write {}", tmp.display());
-        let mut f = File::create(&tmp).map_err(io_err(ctx()))?;
-        f.write_all(&bytes)
-            .and_then(|()| f.sync_all())
-            .map_err(io_err(ctx()))?;
+        std::fs::write(&tmp, &bytes).map_err(io_err(format!("write {}", tmp.display())))?;
         std::fs::rename(&tmp, &path).map_err(io_err(format!("replace {}", path.display())))?;
-        if let Ok(d) = File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
         Ok(())
     }
 }
