@@ -25,6 +25,7 @@
 //! | [`plugin_config`] | the example plugins in a `plugins.toml` |
 //! | [`command`] | running commands with timeouts and readable failures |
 //! | [`host`] | root checks, `SKIP:` messages, finding host tools |
+//! | [`http_poll`] | an HTTP poller inside a network namespace |
 //! | [`huskd`] | a private huskd and the `husk` CLI against it |
 //! | [`ids`] | unique container ids |
 //! | [`stats`] | median / percentiles for benchmarks |
@@ -35,6 +36,7 @@ pub mod command;
 pub mod containerd;
 pub mod cri;
 pub mod host;
+pub mod http_poll;
 pub mod huskd;
 pub mod ids;
 pub mod image;

@@ -18,9 +18,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use core_common::{alive, bin_dir, Huskd, IMAGE};
-use husk_tests::require_root;
+use husk_tests::http_poll::{http_get, Poller};
+use husk_tests::{command, require_root};
 
 const COUNTER: &str = "i=0; while true; do echo $i; i=$((i+1)); usleep 10000; done";
+const HTTPD: &str =
+    "mkdir -p /tmp/www && echo husk-ok > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www";
 
 fn shim_ls(d: &Huskd) -> Vec<serde_json::Value> {
     let out = d.husk_ok(&["--format", "json", "shim", "ls"]);
@@ -50,7 +53,43 @@ fn husk_shim_upgrade_twenty_times_under_a_counter() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let pid = d.inspect(&id)["pid"].as_u64().unwrap() as u32;
-    let before = shim_ls(&d);
+    // An HTTP server in its container's own network namespace, polled
+    // from inside that namespace (huskd leaves its loopback down: the
+    // test brings it up).
+    let web = d
+        .husk_ok(&["run", "-d", IMAGE, "sh", "-c", HTTPD])
+        .trim()
+        .to_string();
+    let web_pid = d.inspect(&web)["pid"].as_u64().unwrap() as u32;
+    let netns = std::path::PathBuf::from(format!("/proc/{web_pid}/ns/net"));
+    command::output_ok(std::process::Command::new("nsenter").args([
+        "-t",
+        &web_pid.to_string(),
+        "-n",
+        "ip",
+        "link",
+        "set",
+        "lo",
+        "up",
+    ]));
+    {
+        let ns = std::fs::File::open(&netns).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        std::thread::spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            while let Err(e) = http_get() {
+                assert!(Instant::now() < deadline, "httpd does not answer: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .join()
+        .unwrap();
+    }
+    let poller = Poller::start(&netns);
+    let before: Vec<_> = shim_ls(&d)
+        .into_iter()
+        .filter(|s| s["container"] == id.as_str())
+        .collect();
     assert_eq!(before.len(), 1, "{before:?}");
     let shim_pid = before[0]["pid"].as_u64().unwrap();
     assert!(before[0]["swappable"].as_bool().unwrap());
@@ -94,12 +133,22 @@ fn husk_shim_upgrade_twenty_times_under_a_counter() {
         })
     };
     for round in 1..=20 {
-        let out = d.husk_ok(&["shim", "upgrade", &id]);
-        assert!(
-            out.contains("swapped live") && out.contains(&format!("swap #{round},")),
-            "{out}"
-        );
+        for c in [&id, &web] {
+            let out = d.husk_ok(&["shim", "upgrade", c]);
+            assert!(
+                out.contains("swapped live") && out.contains(&format!("swap #{round},")),
+                "{out}"
+            );
+        }
     }
+    let (ok, failures) = poller.finish();
+    assert!(
+        failures.is_empty(),
+        "HTTP requests failed during the swaps: {failures:?}"
+    );
+    assert!(ok > 20, "only {ok} HTTP requests answered");
+    assert_eq!(d.inspect(&web)["pid"].as_u64().unwrap() as u32, web_pid);
+    d.husk_ok(&["rm", "-f", &web]);
     stop.store(true, Ordering::Relaxed);
     let bad = watcher.join().unwrap();
     assert!(bad.is_empty(), "husk ps did not show it running: {bad:?}");
