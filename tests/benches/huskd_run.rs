@@ -94,21 +94,13 @@ impl Setup {
 }
 
 fn main() -> ExitCode {
-    // `cargo test --benches` runs bench targets without `--bench`.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("huskd_run: not started with --bench; run `cargo bench -p husk-tests --bench huskd_run`");
-        return ExitCode::SUCCESS;
-    }
-    if !husk_tests::is_root() {
-        eprintln!("huskd_run: needs root (huskd mounts overlays and creates namespaces)");
-        return ExitCode::FAILURE;
-    }
-    let iters = match stats::count_from_env("BENCH_ITERS", DEFAULT_ITERS) {
+    let iters = match stats::bench_rounds(
+        "huskd_run",
+        "huskd mounts overlays and creates namespaces",
+        DEFAULT_ITERS,
+    ) {
         Ok(n) => n,
-        Err(e) => {
-            eprintln!("huskd_run: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     husk_tests::require_command("containerd-shim-runc-v2");
     husk_tests::require_command("unshare");

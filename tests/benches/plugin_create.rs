@@ -47,20 +47,13 @@ const SETUPS: [(&str, &[(&str, &str)]); 3] = [
 ];
 
 fn main() -> ExitCode {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("plugin_create: not started with --bench; run `cargo bench -p husk-tests --bench plugin_create`");
-        return ExitCode::SUCCESS;
-    }
-    if !husk_tests::is_root() {
-        eprintln!("plugin_create: needs root (huskd mounts overlays and creates namespaces)");
-        return ExitCode::FAILURE;
-    }
-    let iters = match stats::count_from_env("BENCH_ITERS", DEFAULT_ITERS) {
+    let iters = match stats::bench_rounds(
+        "plugin_create",
+        "huskd mounts overlays and creates namespaces",
+        DEFAULT_ITERS,
+    ) {
         Ok(n) => n,
-        Err(e) => {
-            eprintln!("plugin_create: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let daemons: Vec<Huskd> = SETUPS
         .iter()

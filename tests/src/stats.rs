@@ -45,6 +45,32 @@ pub fn count_from_env(var: &str, default: usize) -> Result<usize, String> {
     }
 }
 
+/// The start of a root benchmark's `main`: `Ok(rounds)` from
+/// `BENCH_ITERS` (else `default`), or the exit code when it should not
+/// run: started without `--bench` (as `cargo test --benches` does: a
+/// success), not root (`why` says what needs it), or a bad count.
+pub fn bench_rounds(
+    name: &str,
+    why_root: &str,
+    default: usize,
+) -> Result<usize, std::process::ExitCode> {
+    use std::process::ExitCode;
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "{name}: not started with --bench; run `cargo bench -p husk-tests --bench {name}`"
+        );
+        return Err(ExitCode::SUCCESS);
+    }
+    if !crate::is_root() {
+        eprintln!("{name}: needs root ({why_root})");
+        return Err(ExitCode::FAILURE);
+    }
+    count_from_env("BENCH_ITERS", default).map_err(|e| {
+        eprintln!("{name}: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 /// Prints the load average: numbers taken on a busy machine are not
 /// comparable with quiet ones (the ratios, taken round-robin, hold up
 /// better).
