@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use husk_tests::command;
 use husk_tests::huskd::{proc_status_kb, Huskd, HuskdOptions, IMAGE};
 use husk_tests::leaks::processes_matching;
-use husk_tests::plugin_config::plugin_file;
+use husk_tests::plugin_config::{capability_mask, plugin_file, CAP_NET_RAW_BIT};
 use husk_tests::stats::{self, Summary};
 
 const DEFAULT_ITERS: usize = 40;
@@ -76,10 +76,8 @@ fn main() -> ExitCode {
             .husk_cmd(&["run", "--rm", IMAGE, "grep", "CapBnd", "/proc/1/status"])
             .output()
             .unwrap();
-        let mask = String::from_utf8_lossy(&out.stdout);
-        let mask =
-            u64::from_str_radix(mask.split_whitespace().nth(1).unwrap_or("0"), 16).unwrap_or(0);
-        let has_net_raw = mask & (1 << 13) != 0;
+        let mask = capability_mask(&String::from_utf8_lossy(&out.stdout), "CapBnd:").unwrap_or(0);
+        let has_net_raw = mask & CAP_NET_RAW_BIT != 0;
         if has_net_raw != plugins.is_empty() {
             eprintln!(
                 "plugin_create: {label}: the plugins did not run as expected (CapBnd {mask:x})"

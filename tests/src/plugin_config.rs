@@ -77,3 +77,14 @@ impl PluginsToml {
 pub fn allowed_registries(registries: &str) -> String {
     format!("[plugin.config]\nallowed-registries = {registries:?}")
 }
+
+/// CAP_NET_RAW's bit in /proc/PID/status's capability masks: the example
+/// policy's edit drops it.
+pub const CAP_NET_RAW_BIT: u64 = 1 << 13;
+
+/// The capability mask `field` (`CapBnd:`, `CapEff:`...) of a
+/// /proc/PID/status text; `None` when it is not there.
+pub fn capability_mask(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    u64::from_str_radix(line.split_whitespace().nth(1)?, 16).ok()
+}

@@ -9,12 +9,10 @@ mod core_common;
 use std::time::{Duration, Instant};
 
 use core_common::{Huskd, IMAGE};
+use husk_tests::command::{stderr_text as stderr, stdout_text as stdout};
 use husk_tests::leaks::{assert_no_leaks, mounts_matching, processes_matching};
-use husk_tests::plugin_config::plugin_file;
+use husk_tests::plugin_config::{capability_mask, plugin_file, CAP_NET_RAW_BIT};
 use husk_tests::require_root;
-
-/// CAP_NET_RAW's bit in /proc/PID/status's capability masks.
-const CAP_NET_RAW_BIT: u64 = 1 << 13;
 
 fn huskd() -> Huskd {
     let d = Huskd::start();
@@ -29,20 +27,13 @@ fn install(d: &Huskd, file: &str, extra: &[&str]) -> String {
     d.husk_ok(&args)
 }
 
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 fn cap_mask(status: &str, field: &str) -> u64 {
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .unwrap_or_else(|| panic!("no {field} in:\n{status}"));
-    u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    capability_mask(status, field).unwrap_or_else(|| {
+        panic!(
+            "no {field} in in:
+{status}"
+        )
+    })
 }
 
 /// Nothing of huskd's containers is left: no record, mount, shim or cgroup.

@@ -11,11 +11,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use husk_tests::leaks::assert_no_leaks;
-use husk_tests::plugin_config::{allowed_registries, PluginsToml};
+use husk_tests::plugin_config::{
+    allowed_registries, capability_mask, PluginsToml, CAP_NET_RAW_BIT,
+};
 use husk_tests::{require_root, unique_id};
-
-/// CAP_NET_RAW's bit in /proc/PID/status's capability masks.
-const CAP_NET_RAW_BIT: u64 = 1 << 13;
 
 fn config(env: &Env, name: &str, toml: PluginsToml) -> PathBuf {
     toml.write(&env.tmp.path().join(name))
@@ -50,11 +49,12 @@ fn ctr_run(
 }
 
 fn cap_mask(status: &str, field: &str) -> u64 {
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .unwrap_or_else(|| panic!("no {field} in /proc/1/status:\n{status}"));
-    u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    capability_mask(status, field).unwrap_or_else(|| {
+        panic!(
+            "no {field} in in /proc/1/status:
+{status}"
+        )
+    })
 }
 
 /// The container's view of its own capabilities, with and without policy.
