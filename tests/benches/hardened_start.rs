@@ -23,26 +23,23 @@ use std::time::{Duration, Instant};
 
 use escape::{Env, HuskdEnv, Runner, Target};
 use husk_tests::huskd::HuskdOptions;
-use husk_tests::stats::{count_from_env, Summary};
+use husk_tests::stats::{bench_rounds, Summary};
 use husk_tests::unique_id;
 
 const DEFAULT_ITERS: usize = 30;
 
 fn main() -> ExitCode {
-    if !husk_tests::is_root() {
-        eprintln!("SKIP: hardened_start needs root");
-        return ExitCode::SUCCESS;
-    }
+    let iters = match bench_rounds(
+        "hardened_start",
+        "it runs containerd, huskd and containers",
+        DEFAULT_ITERS,
+    ) {
+        Ok(n) => n,
+        Err(code) => return code,
+    };
     if std::env::args().any(|a| a == "--table") {
         return table();
     }
-    let iters = match count_from_env("BENCH_ITERS", DEFAULT_ITERS) {
-        Ok(n) => n,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
     let ctd = Env::start();
     let huskd = HuskdEnv::start_with(HuskdOptions {
         debug: false,

@@ -35,19 +35,14 @@ const DEFAULT_ITERS: usize = 15;
 const WARMUP: usize = 2;
 
 fn main() -> ExitCode {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("image_import: not started with --bench; run `cargo bench -p husk-tests --bench image_import`");
-        return ExitCode::SUCCESS;
-    }
-    if !husk_tests::is_root() {
-        eprintln!("image_import: needs root (containerd, overlay whiteouts, ownership)");
-        return ExitCode::FAILURE;
-    }
-    let iters = std::env::var("BENCH_ITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n: &usize| n > 0)
-        .unwrap_or(DEFAULT_ITERS);
+    let iters = match husk_tests::stats::bench_rounds(
+        "image_import",
+        "containerd, overlay whiteouts, ownership",
+        DEFAULT_ITERS,
+    ) {
+        Ok(n) => n,
+        Err(code) => return code,
+    };
 
     let work = tempfile::Builder::new()
         .prefix("husk-bench-img-")

@@ -129,24 +129,13 @@ fn hybrid_cgroups() -> bool {
 }
 
 fn main() -> ExitCode {
-    // `cargo test --benches` / `--all-targets` runs bench targets without
-    // `--bench`: do nothing then.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!(
-            "runtime_run: not started with --bench; run it with `cargo bench -p husk-tests --bench runtime_run`"
-        );
-        return ExitCode::SUCCESS;
-    }
-    if !husk_tests::is_root() {
-        eprintln!("runtime_run: needs root (it creates namespaces, cgroups and mounts)");
-        return ExitCode::FAILURE;
-    }
-    let iters = match husk_tests::stats::count_from_env("BENCH_ITERS", DEFAULT_ITERS) {
+    let iters = match husk_tests::stats::bench_rounds(
+        "runtime_run",
+        "it creates namespaces, cgroups and mounts",
+        DEFAULT_ITERS,
+    ) {
         Ok(n) => n,
-        Err(e) => {
-            eprintln!("runtime_run: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
 
     let (contenders, missing) = contenders();

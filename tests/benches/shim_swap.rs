@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use containerd_shim_protos::api;
 use husk_tests::runtime_bin::profile_dir_of;
-use husk_tests::stats::{count_from_env, percentile, print_load};
+use husk_tests::stats::{bench_rounds, percentile, print_load};
 use husk_tests::{unique_id, Containerd, ContainerdOptions, ImageBuilder};
 
 const IMAGE: &str = "husk.test/busybox:latest";
@@ -36,16 +36,9 @@ const RUNTIME: &str = "io.containerd.husk.v2";
 const SHIM: &str = "containerd-shim-husk-v2";
 
 fn main() -> ExitCode {
-    if !husk_tests::is_root() {
-        eprintln!("SKIP: shim_swap needs root");
-        return ExitCode::SUCCESS;
-    }
-    let swaps = match count_from_env("BENCH_ITERS", 100) {
+    let swaps = match bench_rounds("shim_swap", "it runs containerd and containers", 100) {
         Ok(n) => n,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let exe = std::env::current_exe().expect("bench executable path");
     let dir = profile_dir_of(&exe);

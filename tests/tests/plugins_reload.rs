@@ -56,6 +56,13 @@ fn a_config_change_swaps_the_policy_without_a_restart() {
     let ctx = ContainerContext::default();
     assert!(host.on_create_spec("c1", &privileged(), &ctx).is_allowed());
 
+    // Compile the new policy into the shared cache first, as `husk plugin
+    // install` does: what is timed below is the reload, not a cold
+    // Cranelift compile of a debug build on a loaded machine.
+    drop(plugins_common::host(vec![plugin(
+        "policy",
+        "rust-policy.wasm",
+    )]));
     write_config(&cfg, "rust-policy.wasm", "");
     wait_for("the new policy", || {
         !host.on_create_spec("c1", &privileged(), &ctx).is_allowed()

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use husk_tests::http_poll::{http_get, Poller};
 use husk_tests::leaks::assert_no_leaks;
+use husk_tests::leaks::{hung_up_connections, settled_descriptors};
 use husk_tests::{command, require_root, unique_id, Containerd};
 
 /// `containerd-shim-husk-v2 -namespace default -address A -id ID upgrade
@@ -98,12 +99,6 @@ fn shim_pid(ctd: &Containerd, id: &str) -> u32 {
 }
 
 /// Open descriptors of a process.
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 /// A network namespace made for the test (with `lo` up), removed on drop.
 struct Netns {
     name: String,
@@ -272,8 +267,8 @@ fn twenty_swaps_keep_pids_output_connections_and_service() {
 
     let pids = [task_pid(ctd, &counter), task_pid(ctd, &http)];
     let shims = [shim_pid(ctd, &counter), shim_pid(ctd, &http)];
-    let fds_before = [fd_count(shims[0]), fd_count(shims[1])];
-    let mut fds_after_first = [0, 0];
+    let fds_before = shims.map(settled_descriptors);
+    let mut fds_after_first = [Vec::new(), Vec::new()];
     let poller = Poller::start(&ns.path());
     let watcher = TaskWatcher::start(ctd, &[&counter, &http]);
     for round in 1..=20 {
@@ -287,7 +282,7 @@ fn twenty_swaps_keep_pids_output_connections_and_service() {
             );
         }
         if round == 1 {
-            fds_after_first = [fd_count(shims[0]), fd_count(shims[1])];
+            fds_after_first = shims.map(settled_descriptors);
         }
     }
     let (rounds, bad) = watcher.finish();
@@ -304,9 +299,30 @@ fn twenty_swaps_keep_pids_output_connections_and_service() {
     assert_eq!(shim_pids(ctd).len(), 2);
     // Twenty execs leaked no descriptor (the first binary held a few
     // more: its successors do not inherit what it never handed over).
-    let fds_now = [fd_count(shims[0]), fd_count(shims[1])];
-    assert_eq!(fds_now, fds_after_first, "descriptors leaked across swaps");
-    assert!(fds_now[0] <= fds_before[0] && fds_now[1] <= fds_before[1]);
+    let fds_now = shims.map(settled_descriptors);
+    for shim in shims {
+        let hung_up = hung_up_connections(shim);
+        assert!(
+            hung_up.is_empty(),
+            "the swapped shim kept connections whose clients hung up:\n{}",
+            hung_up.join("\n")
+        );
+    }
+    for shim in 0..2 {
+        assert_eq!(
+            fds_now[shim].len(),
+            fds_after_first[shim].len(),
+            "descriptors leaked across swaps: after the first swap\n{:#?}\nafter the twentieth\n{:#?}",
+            fds_after_first[shim],
+            fds_now[shim]
+        );
+        assert!(
+            fds_now[shim].len() <= fds_before[shim].len(),
+            "the swapped shim holds more descriptors than the first binary: before\n{:#?}\nnow\n{:#?}",
+            fds_before[shim],
+            fds_now[shim]
+        );
+    }
 
     // The swapped shim still does everything.
     let e = ctd.ctr_ok(&[

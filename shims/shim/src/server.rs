@@ -140,6 +140,10 @@ async fn run(inh: Inheritance, profile: Profile) -> Result<()> {
     // Exits that happened while the previous binary handed over.
     shim.on_sigchld();
     swap::answer_upgrade(&conns, inh.upgrade, inh.rolled_back.as_deref()).await;
+    // The server keeps the connections it reads; holding them here too
+    // would keep a hung-up client's socket (the swap's own trigger) open
+    // until the next swap.
+    drop(conns);
     // Committed: no rollback from here on.
     drop(inh.previous_exe);
     {
