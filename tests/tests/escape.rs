@@ -40,29 +40,7 @@ fn hardened_runs_ordinary_workloads() {
     require_root!();
     let env = Env::start();
     let t = Target::Hardened;
-    // A busybox shell script: pipes, subshells, /tmp, environment.
-    let out = env.run(
-        t,
-        &unique_id("husk-ord"),
-        &[Extra::Env("GREETING=hi")],
-        &[
-            "/bin/sh",
-            "-c",
-            "set -e; echo $GREETING > /tmp/f; cat /tmp/f | tr a-z A-Z; \
-             for i in 1 2 3; do echo $i; done | wc -l; ls / >/dev/null; \
-             echo to-stdout > /dev/stdout; id -u",
-        ],
-    );
-    let stdout = husk_tests::command::stdout_text(&out);
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(stdout, "HI\n3\nto-stdout\n0\n", "{out:?}");
-    // A compiled C program.
-    let out = env.run(t, &unique_id("husk-ord"), &[], &["/probe", "hello"]);
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(
-        husk_tests::command::stdout_text(&out),
-        "hello from a compiled C program, uid 0\n"
-    );
+    escape::runs_a_script_and_a_c_program(&env, t);
     // A small HTTP server when network is granted: a network namespace
     // prepared by the host (as CNI would), joined by path.
     let netns = unique_id("husk-esc-net");

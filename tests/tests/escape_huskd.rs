@@ -9,7 +9,7 @@
 #[macro_use]
 mod escape;
 
-use escape::{Extra, HuskdEnv, Runner, Target};
+use escape::{HuskdEnv, Target};
 use husk_tests::{command, require_root, unique_id};
 
 /// Runs one vector on the hardened runtime through huskd, prints its row
@@ -34,28 +34,7 @@ fn hardened_runs_ordinary_workloads_under_huskd() {
     require_root!();
     let env = HuskdEnv::start();
     let t = Target::Hardened;
-    // A busybox shell script: pipes, subshells, /tmp, environment.
-    let out = env.run(
-        t,
-        &unique_id("husk-ord"),
-        &[Extra::Env("GREETING=hi")],
-        &[
-            "/bin/sh",
-            "-c",
-            "set -e; echo $GREETING > /tmp/f; cat /tmp/f | tr a-z A-Z; \
-             for i in 1 2 3; do echo $i; done | wc -l; ls / >/dev/null; \
-             echo to-stdout > /dev/stdout; id -u",
-        ],
-    );
-    assert!(out.status.success(), "{}", command::format_output(&out));
-    assert_eq!(command::stdout_text(&out), "HI\n3\nto-stdout\n0\n");
-    // A compiled C program (probe.c, built static by the system compiler).
-    let out = env.run(t, &unique_id("husk-ord"), &[], &["/probe", "hello"]);
-    assert!(out.status.success(), "{}", command::format_output(&out));
-    assert_eq!(
-        command::stdout_text(&out),
-        "hello from a compiled C program, uid 0\n"
-    );
+    escape::runs_a_script_and_a_c_program(&env, t);
 }
 
 /// A small HTTP server when network is granted. huskd has no network

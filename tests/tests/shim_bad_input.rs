@@ -158,10 +158,5 @@ fn bad_rpcs_get_clear_errors_and_leak_nothing() {
     assert_eq!(c, Code::UNIMPLEMENTED);
 
     drop(client);
-    ctd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", &id]);
-    wait_task_status(ctd, &id, "STOPPED");
-    ctd.ctr_ok(&["task", "delete", &id]);
-    ctd.ctr_ok(&["container", "delete", &id]);
-    wait_no_shims(ctd);
-    assert_no_leaks(&id);
+    kill_delete_and_check(ctd, &id);
 }

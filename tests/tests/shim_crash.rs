@@ -37,13 +37,7 @@ fn container_survives_kill_9_of_containerd() {
         .find(|t| t.0 == id)
         .expect("task listed after restart");
     assert_eq!((after.1, after.2.as_str()), (before, "RUNNING"));
-    env.ctd
-        .ctr_ok(&["task", "kill", "--signal", "SIGKILL", &id]);
-    wait_task_status(&env.ctd, &id, "STOPPED");
-    env.ctd.ctr_ok(&["task", "delete", &id]);
-    env.ctd.ctr_ok(&["container", "delete", &id]);
-    wait_no_shims(&env.ctd);
-    assert_no_leaks(&id);
+    kill_delete_and_check(&env.ctd, &id);
 }
 
 #[test]

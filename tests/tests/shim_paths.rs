@@ -29,13 +29,6 @@ fn run_detached(ctd: &Containerd, id: &str, extra: &[&str], args: &[&str]) {
     wait_task_status(ctd, id, "RUNNING");
 }
 
-fn kill_and_delete(ctd: &Containerd, id: &str) {
-    let _ = ctd.ctr(&["task", "kill", "--signal", "SIGKILL", id]);
-    wait_task_status(ctd, id, "STOPPED");
-    ctd.ctr_ok(&["task", "delete", id]);
-    ctd.ctr_ok(&["container", "delete", id]);
-}
-
 fn task_pid(ctd: &Containerd, id: &str) -> u32 {
     tasks(ctd)
         .into_iter()

@@ -345,10 +345,7 @@ fn twenty_swaps_keep_pids_output_connections_and_service() {
     wait_task_status(ctd, &http, "PAUSED");
     ctd.ctr_ok(&["task", "resume", &http]);
     wait_task_status(ctd, &http, "RUNNING");
-    ctd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", &http]);
-    wait_task_status(ctd, &http, "STOPPED");
-    ctd.ctr_ok(&["task", "delete", &http]);
-    ctd.ctr_ok(&["container", "delete", &http]);
+    kill_and_delete(ctd, &http);
 
     // The counter: stop it, and its whole output is there, in order.
     ctd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", &counter]);
@@ -518,12 +515,7 @@ fn broken_binaries_are_refused_and_the_old_shim_serves_on() {
     assert_eq!(out, "alive\n");
     let report = upgrade_ok(ctd, &id, None);
     assert!(report.contains("swap #1,"), "{report}");
-    ctd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", &id]);
-    wait_task_status(ctd, &id, "STOPPED");
-    ctd.ctr_ok(&["task", "delete", &id]);
-    ctd.ctr_ok(&["container", "delete", &id]);
-    wait_no_shims(ctd);
-    assert_no_leaks(&id);
+    kill_delete_and_check(ctd, &id);
 }
 
 /// The design's answer (docs/live-swap.md): after the exec there is no

@@ -75,12 +75,7 @@ fn detached_task_exec_ps_metrics_pause_resume_kill_delete() {
     let id = unique_id("shim-kill");
     run_sleeper(ctd, HARDENED, &id);
     wait_task_status(ctd, &id, "RUNNING");
-    ctd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", &id]);
-    wait_task_status(ctd, &id, "STOPPED");
-    ctd.ctr_ok(&["task", "delete", &id]);
-    ctd.ctr_ok(&["container", "delete", &id]);
-    wait_no_shims(ctd);
-    assert_no_leaks(&id);
+    kill_delete_and_check(ctd, &id);
 }
 
 #[test]

@@ -674,6 +674,25 @@ mod tests {
         ttrpc::context::with_timeout(5_000_000_000)
     }
 
+    /// A State call for container `id`, in flight on its own task.
+    fn spawn_state(
+        client: &TaskClient,
+        id: &str,
+    ) -> tokio::task::JoinHandle<ttrpc::Result<api::StateResponse>> {
+        let (client, id) = (client.clone(), id.to_string());
+        tokio::spawn(async move {
+            client
+                .state(
+                    ctx(),
+                    &api::StateRequest {
+                        id,
+                        ..Default::default()
+                    },
+                )
+                .await
+        })
+    }
+
     /// A quiesce answers what is in flight, parks Wait, keeps the
     /// connection; a second server adopts the connection and answers the
     /// parked Wait on the same stream.
@@ -715,19 +734,7 @@ mod tests {
                 .await
             })
         };
-        let slow = {
-            let c = client.clone();
-            tokio::spawn(async move {
-                c.state(
-                    ctx(),
-                    &api::StateRequest {
-                        id: "slow".into(),
-                        ..Default::default()
-                    },
-                )
-                .await
-            })
-        };
+        let slow = spawn_state(&client, "slow");
         while fake.waits.load(Ordering::SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -738,19 +745,7 @@ mod tests {
         assert_eq!(q.conns.len(), 1);
         assert_eq!(q.conns[0].1.len(), 1, "the Wait is parked");
         // A request sent now stays in the socket until someone serves.
-        let later = {
-            let c = client.clone();
-            tokio::spawn(async move {
-                c.state(
-                    ctx(),
-                    &api::StateRequest {
-                        id: "later".into(),
-                        ..Default::default()
-                    },
-                )
-                .await
-            })
-        };
+        let later = spawn_state(&client, "later");
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!later.is_finished());
         // Hand everything to a second server, as a successor would.

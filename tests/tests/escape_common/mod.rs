@@ -598,3 +598,34 @@ pub fn print_table(rows: &[(&str, Vec<(Target, Outcome)>)]) {
         }
     }
 }
+
+/// Ordinary workloads on `target`: a busybox shell script (pipes,
+/// subshells, /tmp, environment) and a compiled C program (probe.c,
+/// built static by the system compiler) run and print what they should.
+pub fn runs_a_script_and_a_c_program(env: &dyn Runner, target: Target) {
+    let out = env.run(
+        target,
+        &husk_tests::unique_id("husk-ord"),
+        &[Extra::Env("GREETING=hi")],
+        &[
+            "/bin/sh",
+            "-c",
+            "set -e; echo $GREETING > /tmp/f; cat /tmp/f | tr a-z A-Z; \
+             for i in 1 2 3; do echo $i; done | wc -l; ls / >/dev/null; \
+             echo to-stdout > /dev/stdout; id -u",
+        ],
+    );
+    assert!(out.status.success(), "{}", command::format_output(&out));
+    assert_eq!(command::stdout_text(&out), "HI\n3\nto-stdout\n0\n");
+    let out = env.run(
+        target,
+        &husk_tests::unique_id("husk-ord"),
+        &[],
+        &["/probe", "hello"],
+    );
+    assert!(out.status.success(), "{}", command::format_output(&out));
+    assert_eq!(
+        command::stdout_text(&out),
+        "hello from a compiled C program, uid 0\n"
+    );
+}

@@ -124,6 +124,23 @@ pub fn wait_no_shims(ctd: &Containerd) {
     }
 }
 
+/// SIGKILLs task `id` (if it still runs), waits for it to stop, and
+/// deletes the task and the container.
+pub fn kill_and_delete(ctd: &Containerd, id: &str) {
+    let _ = ctd.ctr(&["task", "kill", "--signal", "SIGKILL", id]);
+    wait_task_status(ctd, id, "STOPPED");
+    ctd.ctr_ok(&["task", "delete", id]);
+    ctd.ctr_ok(&["container", "delete", id]);
+}
+
+/// [`kill_and_delete`] of the last container, then: its shim is gone and
+/// nothing of it is left on the host.
+pub fn kill_delete_and_check(ctd: &Containerd, id: &str) {
+    kill_and_delete(ctd, id);
+    wait_no_shims(ctd);
+    husk_tests::leaks::assert_no_leaks(id);
+}
+
 /// The address of the shim serving container `id` (containerd's
 /// `default` namespace), from the `address` file in its bundle.
 pub fn shim_address(ctd: &Containerd, id: &str) -> String {
