@@ -18,6 +18,7 @@ use crate::images::{ImageStore, UpperSync};
 use crate::logs::{self, LogSink};
 use crate::plugins::PluginStore;
 use crate::shim_client::{self, Runtimes, ShimLauncher};
+use crate::spares::{self, Spare, Spares};
 use crate::spec_builder::{self, BindMount};
 use crate::state::{self, ContainerRecord, Layout};
 use crate::volumes::{self, VolumeSource, Volumes};
@@ -93,6 +94,7 @@ pub struct Manager {
     pub runtimes: Runtimes,
     pub launcher: ShimLauncher,
     pub plugins: PluginStore,
+    pub spares: Arc<Spares>,
     containers: Mutex<BTreeMap<String, Arc<Container>>>,
 }
 
@@ -103,16 +105,19 @@ fn log_path(layout: &Layout, id: &str) -> PathBuf {
 impl Manager {
     /// `plugin_config`: a plugin config the operator maintains by hand;
     /// `None` for the plugins installed with `husk plugin install`.
+    /// `spare_shims`: whether to keep a spare shim ready ([`crate::spares`]).
     pub fn new(
         layout: Layout,
         runtimes: Runtimes,
         launcher: ShimLauncher,
         plugin_config: Option<PathBuf>,
+        spare_shims: bool,
     ) -> Result<Arc<Manager>> {
         layout.create()?;
         let plugins = PluginStore::new(layout.root.join("plugins"), plugin_config);
         let images = ImageStore::open(layout.images())?;
         let volumes = Volumes::new(layout.volumes());
+        let spares = Spares::new(layout.clone(), launcher.clone(), spare_shims);
         Ok(Arc::new(Manager {
             layout,
             images,
@@ -120,8 +125,27 @@ impl Manager {
             runtimes,
             launcher,
             plugins,
+            spares,
             containers: Mutex::new(BTreeMap::new()),
         }))
+    }
+
+    /// After recovery: a spare shim for the default runtime, and the task
+    /// that retires old spares (and replaces those still in use).
+    pub fn start_spares(self: &Arc<Self>) {
+        if let Ok((_, bin)) = self.runtimes.resolve(None) {
+            self.spares.refill(&bin, self.plugins.config_for_shims());
+        }
+        let m = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(spares::JANITOR_TICK).await;
+                let Some(m) = m.upgrade() else { return };
+                for bin in m.spares.expire() {
+                    m.spares.refill(&bin, m.plugins.config_for_shims());
+                }
+            }
+        });
     }
 
     /// What the shim's policy plugins recorded about a container (edits,
@@ -175,6 +199,7 @@ impl Manager {
     pub async fn create(self: &Arc<Self>, p: CreateParams) -> Result<ContainerSummary> {
         // The runtime's cgroup.procs writes then skip the kernel's wait.
         let _warm = crate::cgroup_warm::hold();
+        let t0 = std::time::Instant::now();
         let img = {
             let images = self.images.clone();
             let name = p.image.clone();
@@ -193,15 +218,17 @@ impl Manager {
                 volumes::check_host_path(h, raw)?;
             }
         }
-        let id = state::new_id()?;
-        let name = match &p.name {
-            Some(n) => {
-                state::validate_name(n)?;
-                n.clone()
-            }
-            None => id[..12].to_string(),
-        };
+        if let Some(n) = &p.name {
+            state::validate_name(n)?;
+        }
         let args = spec_builder::args(&img.config, &p)?;
+        // A spare shim comes with its container's id and bundle.
+        let spare = self.spares.take(&shim_bin);
+        let id = match &spare {
+            Some(s) => s.id.clone(),
+            None => state::new_id()?,
+        };
+        let name = p.name.clone().unwrap_or_else(|| id[..12].to_string());
         let bundle = self.layout.bundle(&id);
         let cdir = self.layout.container_dir(&id);
         let rec = ContainerRecord {
@@ -230,8 +257,17 @@ impl Manager {
                 .collect(),
             params: p.clone(),
         };
-        fs::create_dir_all(&cdir).ctx(|| format!("creating {}", cdir.display()))?;
-        fs::create_dir_all(&bundle).ctx(|| format!("creating {}", bundle.display()))?;
+        if let Err(e) = fs::create_dir_all(&cdir)
+            .ctx(|| format!("creating {}", cdir.display()))
+            .and_then(|()| {
+                fs::create_dir_all(&bundle).ctx(|| format!("creating {}", bundle.display()))
+            })
+        {
+            if let Some(s) = spare {
+                self.spares.put_back(&shim_bin, s);
+            }
+            return Err(e);
+        }
         let c = Container::new(rec);
         // Registered (and its record saved) before anything is mounted or
         // started, so that a crash from here on is found and cleaned up.
@@ -241,7 +277,12 @@ impl Manager {
             let mut map = self.containers.lock().unwrap();
             if let Some(other) = map.values().find(|c| c.rec.lock().unwrap().name == name) {
                 let _ = fs::remove_dir_all(&cdir);
-                let _ = fs::remove_dir_all(&bundle);
+                match spare {
+                    Some(s) => self.spares.put_back(&shim_bin, s),
+                    None => {
+                        let _ = fs::remove_dir_all(&bundle);
+                    }
+                }
                 return Err(CoreError::Conflict(format!(
                     "the name {name:?} is already used by container {}; remove it (`husk rm {name}`) or choose another name",
                     &other.id[..12]
@@ -252,10 +293,20 @@ impl Manager {
         if let Err(e) = self.save(&c) {
             self.containers.lock().unwrap().remove(&id);
             let _ = fs::remove_dir_all(&cdir);
-            let _ = fs::remove_dir_all(&bundle);
+            match spare {
+                Some(s) => self.spares.put_back(&shim_bin, s),
+                None => {
+                    let _ = fs::remove_dir_all(&bundle);
+                }
+            }
             return Err(e);
         }
-        match self.create_inner(&c, &img, &specs).await {
+        let r = self.create_inner(&c, &img, &specs, spare, t0).await;
+        // The next create's spare starts now, after this one's Create (on
+        // two cores, a shim starting alongside would slow it down).
+        self.spares
+            .refill(&shim_bin, self.plugins.config_for_shims());
+        match r {
             Ok(()) => Ok(c.record().summary()),
             Err(e) => {
                 tracing::warn!(id = %id, %e, "create failed; cleaning up");
@@ -273,16 +324,18 @@ impl Manager {
         c: &Arc<Container>,
         image: &crate::images::store::ImageInspect,
         specs: &[(String, volumes::VolumeSpec)],
+        spare: Option<Spare>,
+        t0: std::time::Instant,
     ) -> Result<()> {
         let rec = c.record();
         let id = rec.id.clone();
         let bundle = rec.bundle.clone();
         let cdir = self.layout.container_dir(&id);
         let rootfs = bundle.join("rootfs");
-        let t0 = std::time::Instant::now();
         let lap = |what: &str| {
             tracing::debug!(id = %id, ms = t0.elapsed().as_secs_f64() * 1e3, "create: {what}");
         };
+        lap("image looked up, record saved");
         {
             let images = self.images.clone();
             let (image, id2, rootfs2) = (rec.image.clone(), id.clone(), rootfs.clone());
@@ -335,26 +388,42 @@ impl Manager {
         logs::make_fifos(&bundle, rec.params.stdin)?;
         let sink = LogSink::start(&bundle, &log_path(&self.layout, &id))?;
         *c.log.lock().unwrap() = Some(sink);
-        *c.shim_log.lock().unwrap() = Some(logs::ShimLog::start(&bundle, &id)?);
-        lap("bundle written");
-        let address = {
-            let (l, bin, id2, b2) = (
-                self.launcher.clone(),
-                rec.shim_binary.clone(),
-                id.clone(),
-                bundle.clone(),
-            );
-            let plugins = self.plugins.config_for_shims();
-            tokio::task::spawn_blocking(move || l.start(&bin, &id2, &b2, plugins.as_deref()))
-                .await
-                .map_err(|e| CoreError::Internal(e.to_string()))??
+        let client = match spare {
+            Some(s) => {
+                // Serving already, with its log read from this bundle.
+                *c.shim_log.lock().unwrap() = Some(s.log);
+                *c.client.lock().unwrap() = Some(s.client.clone());
+                c.rec.lock().unwrap().shim_address = Some(s.address);
+                lap("bundle written; spare shim taken");
+                s.client
+            }
+            None => {
+                *c.shim_log.lock().unwrap() = Some(logs::ShimLog::start(&bundle, &id)?);
+                lap("bundle written");
+                let address = {
+                    let (l, bin, id2, b2) = (
+                        self.launcher.clone(),
+                        rec.shim_binary.clone(),
+                        id.clone(),
+                        bundle.clone(),
+                    );
+                    let plugins = self.plugins.config_for_shims();
+                    tokio::task::spawn_blocking(move || {
+                        l.start(&bin, &id2, &b2, plugins.as_deref())
+                    })
+                    .await
+                    .map_err(|e| CoreError::Internal(e.to_string()))??
+                };
+                lap("shim started");
+                // Not saved here: the shim wrote it to the bundle's
+                // `address` file, where a restarted huskd finds it (the
+                // record gets it with the next save).
+                c.rec.lock().unwrap().shim_address = Some(address.clone());
+                let client = shim_client::connect(&address).await?;
+                *c.client.lock().unwrap() = Some(client.clone());
+                client
+            }
         };
-        lap("shim started");
-        c.rec.lock().unwrap().shim_address = Some(address.clone());
-        self.save(c)?;
-        lap("record saved");
-        let client = shim_client::connect(&address).await?;
-        *c.client.lock().unwrap() = Some(client.clone());
         let path = |n: &str| bundle.join(n).to_string_lossy().into_owned();
         let req = api::CreateTaskRequest {
             id: id.clone(),
@@ -709,18 +778,45 @@ impl Manager {
                 }
             }
         }
-        let records = ContainerRecord::load_all(&self.layout)?;
+        spares::clean_leftovers(&self.layout).await;
+        let mut records = ContainerRecord::load_all(&self.layout)?;
         // Bundles without a record: a removal interrupted after the record
-        // went. Unmount (dropping the lease) and delete them.
+        // went, or a spare shim of the previous huskd. Its shim (if one
+        // still answers at the bundle's `address`) is shut down; the rootfs
+        // is unmounted (dropping the lease) and the bundle deleted.
         if let Ok(rd) = fs::read_dir(self.layout.state.join("bundles")) {
             for e in rd.flatten() {
                 let id = e.file_name().to_string_lossy().into_owned();
                 if records.iter().any(|r| r.id == id) {
                     continue;
                 }
-                tracing::info!(%id, "removing a bundle left by an interrupted removal");
+                tracing::info!(%id, "removing a bundle without a container record");
+                spares::shutdown_orphan(&e.path()).await;
                 let _ = self.images.unmount_rootfs(&id, &e.path().join("rootfs"));
                 let _ = fs::remove_dir_all(e.path());
+            }
+        }
+        // Leases without a record: a host crash lost a `--rm` container's
+        // record (written without fsync) but not its lease.
+        match self
+            .images
+            .drop_stale_leases(|id| records.iter().any(|r| r.id == id))
+        {
+            Ok(ids) if !ids.is_empty() => {
+                tracing::info!(?ids, "dropped leases without a container")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(%e, "dropping leases without a container"),
+        }
+        // The shim's address is saved with the record's first save after
+        // the shim started; before that, the shim's own `address` file in
+        // the bundle has it.
+        for rec in records.iter_mut() {
+            if rec.shim_address.is_none() && rec.status != Status::Stopped {
+                rec.shim_address = fs::read_to_string(rec.bundle.join("address"))
+                    .ok()
+                    .map(|a| a.trim().to_string())
+                    .filter(|a| !a.is_empty());
             }
         }
         for rec in records {
@@ -739,17 +835,23 @@ impl Manager {
             }
             let live = match &rec.shim_address {
                 Some(addr) => match shim_client::connect(addr).await {
-                    Ok(client) => client
-                        .state(
-                            shim_client::ctx(5),
-                            &api::StateRequest {
-                                id: rec.id.clone(),
-                                ..Default::default()
-                            },
-                        )
-                        .await
-                        .ok()
-                        .map(|_| client),
+                    Ok(client) => {
+                        let state = client
+                            .state(
+                                shim_client::ctx(5),
+                                &api::StateRequest {
+                                    id: rec.id.clone(),
+                                    ..Default::default()
+                                },
+                            )
+                            .await;
+                        if state.is_err() {
+                            // A shim that never got this container (huskd
+                            // died between its start and Create) exits.
+                            shim_client::delete_and_shutdown(&client, &rec.id).await;
+                        }
+                        state.ok().map(|_| client)
+                    }
                     Err(_) => None,
                 },
                 None => None,

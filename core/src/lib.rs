@@ -12,6 +12,7 @@
 //! | [`spec_builder`] | the OCI spec from the image config and flags |
 //! | [`shim_client`] | shim v2: `start`, `delete`, the ttrpc Task client |
 //! | [`shims`] | the running shims: list, live swap (`husk.shim.v1.Shim`) |
+//! | [`spares`] | spare shims started ahead of the containers that take them |
 //! | [`events`] | the ttrpc events endpoint shims publish to |
 //! | [`logs`] | output FIFOs captured to log files |
 //! | [`plugins`] | installed plugins: the config shims are given, `husk plugin` |
@@ -32,6 +33,7 @@ pub mod plugins;
 pub mod server;
 pub mod shim_client;
 pub mod shims;
+pub mod spares;
 pub mod spec_builder;
 pub mod state;
 pub mod volumes;

@@ -164,7 +164,15 @@ async fn dispatch(
 ) -> Result<Value> {
     match method {
         "version" => Ok(json!({"api": API_VERSION, "version": env!("CARGO_PKG_VERSION")})),
-        "shim.list" => to_value(crate::shims::list(m).await),
+        "shim.list" => {
+            #[derive(Deserialize, Default)]
+            #[serde(default)]
+            struct P {
+                spares: bool,
+            }
+            let p: P = params(p)?;
+            to_value(crate::shims::list(m, p.spares).await)
+        }
         "shim.upgrade" => to_value(crate::shims::upgrade(m, params(p)?).await?),
         "image.import" => {
             #[derive(Deserialize)]

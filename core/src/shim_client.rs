@@ -167,8 +167,25 @@ impl ShimLauncher {
         bundle: &Path,
         plugin_config: Option<&Path>,
     ) -> Result<String> {
+        self.start_with_idle_timeout(bin, id, bundle, plugin_config, None)
+    }
+
+    /// [`ShimLauncher::start`], telling a husk shim how long to wait for
+    /// its first container before it exits (`HUSK_SHIM_IDLE_TIMEOUT`; other
+    /// shims ignore it): a spare shim's own deadline.
+    pub fn start_with_idle_timeout(
+        &self,
+        bin: &Path,
+        id: &str,
+        bundle: &Path,
+        plugin_config: Option<&Path>,
+        idle_timeout: Option<std::time::Duration>,
+    ) -> Result<String> {
         let mut c = self.command(bin, id, bundle);
         c.arg("start");
+        if let Some(t) = idle_timeout {
+            c.env("HUSK_SHIM_IDLE_TIMEOUT", t.as_secs_f64().to_string());
+        }
         if let Some(config) = plugin_config {
             c.env("HUSK_PLUGIN_PRELOAD", config);
         }

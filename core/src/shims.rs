@@ -34,6 +34,10 @@ pub struct ShimInfo {
     pub swappable: bool,
     /// Why it could not be asked, if it could not.
     pub error: Option<String>,
+    /// A spare shim: serving, waiting for the container `container`
+    /// (docs/architecture.md, "Spare shims"); listed on request only.
+    #[serde(default)]
+    pub spare: bool,
 }
 
 /// `shim.upgrade` parameters.
@@ -90,9 +94,23 @@ fn not_husk(e: &ttrpc::Error) -> bool {
     matches!(e, ttrpc::Error::RpcStatus(s) if s.message.contains("service does not exist"))
 }
 
-/// `shim.list`.
-pub async fn list(m: &Manager) -> Vec<ShimInfo> {
+/// `shim.list`; with `spares`, the spare shims too.
+pub async fn list(m: &Manager, spares: bool) -> Vec<ShimInfo> {
     let mut out = Vec::new();
+    if spares {
+        for (id, address, binary) in m.spares.listing() {
+            let mut row = ShimInfo {
+                container: id.clone(),
+                binary: binary.to_string_lossy().into_owned(),
+                spare: true,
+                ..Default::default()
+            };
+            if let Err(e) = describe(&id, &address, &mut row).await {
+                row.error = Some(e.to_string());
+            }
+            out.push(row);
+        }
+    }
     for (id, name, runtime, address) in served(m) {
         let mut row = ShimInfo {
             container: id.clone(),
@@ -270,9 +288,9 @@ pub mod cli {
 
     use crate::client::{Client, ClientError};
 
-    /// Rows of `husk shim ls` (header first).
-    pub fn ls(c: &Client) -> Result<(Value, Vec<Vec<String>>), ClientError> {
-        let v = c.call("shim.list", json!({}))?;
+    /// Rows of `husk shim ls [--spares]` (header first).
+    pub fn ls(c: &Client, spares: bool) -> Result<(Value, Vec<Vec<String>>), ClientError> {
+        let v = c.call("shim.list", json!({"spares": spares}))?;
         let mut rows = vec![[
             "CONTAINER",
             "PID",
@@ -288,6 +306,9 @@ pub mod cli {
             let text = |k: &str| s[k].as_str().unwrap_or("").to_string();
             let mut id = text("container");
             id.truncate(12);
+            if s["spare"].as_bool() == Some(true) {
+                id = format!("{id} (spare)");
+            }
             let version = match (text("version"), s["error"].as_str()) {
                 (v, None) => v,
                 (_, Some(e)) => format!("? ({e})"),

@@ -13,6 +13,9 @@
 //! <state>/bundles/<id>/                 the OCI bundle: config.json, rootfs/
 //!                                       (overlay), stdout/stderr FIFOs, the
 //!                                       shim's address and shim.pid files
+//! <state>/spares/<id>/                  a spare shim's directory: its log
+//!                                       FIFO, address and shim.pid; renamed
+//!                                       to bundles/<id> when a create takes it
 //! ```
 
 use std::fs;
@@ -65,6 +68,7 @@ impl Layout {
             self.containers_dir(),
             self.root.join("volumes"),
             self.state.join("bundles"),
+            self.spares_dir(),
         ] {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -89,6 +93,11 @@ impl Layout {
     }
     pub fn bundle(&self, id: &str) -> PathBuf {
         self.state.join("bundles").join(id)
+    }
+    /// Where spare shims wait (`crate::spares`), each in the directory
+    /// that becomes its container's bundle.
+    pub fn spares_dir(&self) -> PathBuf {
+        self.state.join("spares")
     }
     pub fn events_socket(&self) -> PathBuf {
         self.state.join("events.sock")
@@ -149,9 +158,21 @@ impl ContainerRecord {
         layout.container_dir(id).join("container.json")
     }
 
+    /// Saves the record: temp file, rename, and fsyncs, except for a
+    /// `--rm` container. Such a container does not outlive a reboot (its
+    /// overlay is volatile, its record goes at its exit), so its record
+    /// only has to survive huskd, which the page cache does; a host crash
+    /// that loses it leaves a container directory without a record and
+    /// maybe a lease, both removed by the next huskd's recovery.
     pub fn save(&self, layout: &Layout) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(self).expect("a record serializes");
-        write_atomic(&Self::path(layout, &self.id), &bytes)
+        let path = Self::path(layout, &self.id);
+        if self.params.auto_remove {
+            crate::images::index::write_replace(&path, &bytes)?;
+            Ok(())
+        } else {
+            write_atomic(&path, &bytes)
+        }
     }
 
     /// Every record under `<root>/containers`. A directory without a

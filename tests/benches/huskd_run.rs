@@ -31,8 +31,18 @@
 //! Targets (issue 4): husk at most 2x the floor, and at least 6x faster
 //! than containerd + runc. Both are printed as met or missed; the bench
 //! fails only if something does not run or leaks.
+//!
+//! huskd keeps a spare shim (docs/architecture.md, "Spare shims"); the
+//! leak check allows the spares huskd lists (`husk shim ls --spares`) and,
+//! once huskd is stopped, no shim of it may be left at all.
+//!
+//! `HUSKD_RUN_BASELINE=DIR` adds a contender: `husk run --rm` through the
+//! huskd, husk and containerd-shim-husk-v2 found in DIR (e.g. copies of an
+//! earlier build), on its own temp dirs, in the same rounds: a before/after
+//! comparison under the same load.
 
-use std::process::{Command, ExitCode, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use husk_tests::huskd::{Huskd, HuskdOptions, IMAGE};
@@ -50,6 +60,7 @@ enum Kind {
     HuskRunc,
     Ctr,
     Floor,
+    Baseline,
 }
 
 const KINDS: [(Kind, &str); 4] = [
@@ -58,11 +69,86 @@ const KINDS: [(Kind, &str); 4] = [
     (Kind::Ctr, "ctr run --rm (runc shim)"),
     (Kind::Floor, "floor [1]"),
 ];
+const BASELINE: (Kind, &str) = (Kind::Baseline, "husk run --rm [baseline]");
 
 struct Setup {
     huskd: Huskd,
     ctd: Containerd,
     floor: Bundle,
+    baseline: Option<Baseline>,
+}
+
+/// A huskd from another build (`HUSKD_RUN_BASELINE`), on its own temp dirs.
+struct Baseline {
+    dir: PathBuf,
+    child: Child,
+    tmp: tempfile::TempDir,
+    socket: PathBuf,
+}
+
+impl Baseline {
+    fn start(dir: PathBuf, image_tar: &Path) -> Result<Baseline, String> {
+        for bin in ["huskd", "husk", "containerd-shim-husk-v2"] {
+            if !dir.join(bin).is_file() {
+                return Err(format!("HUSKD_RUN_BASELINE: no {bin} in {}", dir.display()));
+            }
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix("husk-bench-baseline-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let socket = tmp.path().join("huskd.sock");
+        let log = std::fs::File::create(tmp.path().join("huskd.log")).map_err(|e| e.to_string())?;
+        let child = Command::new(dir.join("huskd"))
+            .arg("--root")
+            .arg(tmp.path().join("root"))
+            .arg("--state")
+            .arg(tmp.path().join("state"))
+            .arg("--socket")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting the baseline huskd: {e}"))?;
+        let b = Baseline {
+            dir,
+            child,
+            tmp,
+            socket,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&b.socket).is_err() {
+            if Instant::now() >= deadline {
+                return Err("the baseline huskd does not serve".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let path = image_tar.to_string_lossy().into_owned();
+        let out = command::output(&mut b.husk_cmd(&["image", "import", "--name", IMAGE, &path]));
+        if !out.status.success() {
+            return Err(format!("baseline import: {}", command::format_output(&out)));
+        }
+        Ok(b)
+    }
+
+    fn husk_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(self.dir.join("husk"));
+        c.arg("--socket").arg(&self.socket).args(args);
+        c
+    }
+}
+
+impl Drop for Baseline {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child, not reaped yet.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        if command::wait_timeout(&mut self.child, Duration::from_secs(10)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = &self.tmp;
+    }
 }
 
 impl Setup {
@@ -80,6 +166,11 @@ impl Setup {
                 c.args(["run", "--rm", CTR_IMAGE, &id]).args(args);
                 c
             }
+            Kind::Baseline => self
+                .baseline
+                .as_ref()
+                .expect("a baseline contender has a baseline huskd")
+                .husk_cmd(&[&["run", "--rm", IMAGE], args].concat()),
             Kind::Floor => {
                 let mut c = Command::new("unshare");
                 c.args([
@@ -116,13 +207,28 @@ fn main() -> ExitCode {
         ImageBuilder::busybox().write_tar(&tar);
     }
     ctd.import_image(&tar, "husk.test/busybox");
+    let baseline = match std::env::var_os("HUSKD_RUN_BASELINE") {
+        Some(dir) => match Baseline::start(PathBuf::from(dir), &tar) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("huskd_run: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let mut kinds = KINDS.to_vec();
+    if baseline.is_some() {
+        kinds.push(BASELINE);
+    }
     let setup = Setup {
         huskd,
         ctd,
         floor: Bundle::busybox(&["/bin/true"]),
+        baseline,
     };
 
-    for (kind, name) in KINDS {
+    for &(kind, name) in &kinds {
         if let Err(e) = preflight(&setup, kind) {
             eprintln!("huskd_run: {name} does not run a container: {e}");
             return ExitCode::FAILURE;
@@ -132,14 +238,14 @@ fn main() -> ExitCode {
     println!(
         "huskd_run: {iters} rounds (+{WARMUP} warm-up) of /bin/true in husk's busybox image, \
          round-robin over {} contenders, wall clock per client command",
-        KINDS.len()
+        kinds.len()
     );
     stats::print_load();
-    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); KINDS.len()];
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); kinds.len()];
     for round in 0..WARMUP + iters {
-        for k in 0..KINDS.len() {
-            let i = (round + k) % KINDS.len();
-            let (kind, name) = KINDS[i];
+        for k in 0..kinds.len() {
+            let i = (round + k) % kinds.len();
+            let (kind, name) = kinds[i];
             let mut cmd = setup.command(kind, &["/bin/true"]);
             cmd.stdin(Stdio::null());
             let began = Instant::now();
@@ -163,11 +269,23 @@ fn main() -> ExitCode {
         .iter()
         .map(|s| Summary::of(s).expect("every contender has samples"))
         .collect();
-    report(&summaries);
+    report(&kinds, &summaries);
 
-    match leftovers(&setup) {
+    let found = leftovers(&setup);
+    // Stopped, huskd shuts its spare shims down: then none may be left.
+    let Setup {
+        huskd, baseline, ..
+    } = setup;
+    drop(baseline);
+    let address = huskd.socket.to_string_lossy().into_owned();
+    // Drop stops it (SIGTERM, waited for).
+    drop(huskd);
+    let found = found.and_then(|()| no_shims_of(&address));
+    match found {
         Ok(()) => {
-            println!("\nleft behind: nothing (no container, shim or mount)");
+            println!(
+                "\nleft behind: nothing (no container, shim or mount; no shim once huskd stopped)"
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -175,6 +293,38 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// No shim process names `address` (within 2 s).
+fn no_shims_of(address: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let shims: Vec<String> = leaks::processes_matching(address)
+            .into_iter()
+            .filter(|p| p.cmdline.contains("shim"))
+            .map(|p| format!("shim process {p} after huskd stopped"))
+            .collect();
+        if shims.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(shims.join("; "));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The pids of the spare shims huskd lists.
+fn spare_pids(huskd: &Huskd) -> Vec<u32> {
+    let out = huskd.husk(&["--format", "json", "shim", "ls", "--spares"]);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .into_iter()
+        .flatten()
+        .filter(|s| s["spare"].as_bool() == Some(true))
+        .filter_map(|s| s["pid"].as_u64().map(|p| p as u32))
+        .collect()
 }
 
 /// Runs `/bin/echo MARKER` through the contender and checks the output.
@@ -191,13 +341,13 @@ fn preflight(s: &Setup, kind: Kind) -> Result<(), String> {
     Ok(())
 }
 
-fn report(s: &[Summary]) {
+fn report(kinds: &[(Kind, &str)], s: &[Summary]) {
     println!();
     println!(
         "{:<30} {:>9} {:>8} {:>8} {:>5}",
         "contender", "median ms", "p10 ms", "p90 ms", "n"
     );
-    for ((_, name), s) in KINDS.iter().zip(s) {
+    for ((_, name), s) in kinds.iter().zip(s) {
         println!(
             "{name:<30} {:>9.2} {:>8.2} {:>8.2} {:>5}",
             s.median, s.p10, s.p90, s.n
@@ -230,6 +380,14 @@ fn report(s: &[Summary]) {
         "husk+runc / husk        {:>6.2}x  (runc's shim and runc against husk's shim, both under huskd)",
         husk_runc.median / husk.median
     );
+    if let Some(base) = s.get(4) {
+        println!(
+            "baseline / husk         {:>6.2}x  (HUSKD_RUN_BASELINE's build against this one; baseline/floor {:.2}x, ctr/baseline {:.2}x)",
+            base.median / husk.median,
+            base.median / floor.median,
+            ctr.median / base.median
+        );
+    }
 }
 
 /// Containers, shims and mounts still there after the runs.
@@ -244,9 +402,11 @@ fn leftovers(s: &Setup) -> Result<(), String> {
     if !listed.is_empty() {
         found.push(format!("containerd still lists {listed:?}"));
     }
-    // Shims are given the huskd socket (`-address`) and containerd's.
+    // Shims are given the huskd socket (`-address`) and containerd's;
+    // huskd's spare shims serve no container.
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
+        let spares = spare_pids(&s.huskd);
         let mut now = Vec::new();
         for needle in [
             s.huskd.socket.to_string_lossy().into_owned(),
@@ -255,7 +415,7 @@ fn leftovers(s: &Setup) -> Result<(), String> {
             now.extend(
                 leaks::processes_matching(&needle)
                     .into_iter()
-                    .filter(|p| p.cmdline.contains("shim"))
+                    .filter(|p| p.cmdline.contains("shim") && !spares.contains(&p.pid))
                     .map(|p| format!("shim process {p}")),
             );
         }

@@ -41,12 +41,23 @@ fn assert_nothing_left(d: &Huskd) {
     assert_eq!(d.husk_ok(&["ps", "-a", "--format", "json"]).trim(), "[]");
     let tmp = d.tmp.path().to_string_lossy().into_owned();
     assert_eq!(mounts_matching(&tmp), Vec::<String>::new());
-    // A shim exits right after answering Shutdown.
+    // A shim exits right after answering Shutdown; the spare shims huskd
+    // keeps ready serve no container.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
+        let spares: Vec<u64> = serde_json::from_str::<serde_json::Value>(
+            &d.husk_ok(&["--format", "json", "shim", "ls", "--spares"]),
+        )
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["spare"] == true)
+        .map(|s| s["pid"].as_u64().unwrap())
+        .collect();
         let shims: Vec<_> = processes_matching(&tmp)
             .into_iter()
-            .filter(|p| p.cmdline.contains("containerd-shim"))
+            .filter(|p| p.cmdline.contains("containerd-shim") && !spares.contains(&(p.pid as u64)))
             .collect();
         if shims.is_empty() {
             break;

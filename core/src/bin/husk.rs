@@ -133,7 +133,11 @@ enum Cmd {
 enum ShimCmd {
     /// Each running container's shim: binary, version, pid, uptime, swaps.
     #[command(alias = "list")]
-    Ls,
+    Ls {
+        /// Also the spare shims huskd keeps ready for the next containers.
+        #[arg(long)]
+        spares: bool,
+    },
     /// Swap shims to a new binary live: same pid, same containers
     /// (docs/live-swap.md).
     Upgrade {
@@ -664,8 +668,8 @@ fn run(cli: &Cli) -> Result<u8, Fail> {
             }
         },
         Cmd::Plugin(cmd) => return plugin_cmd(&c, cmd, json_out),
-        Cmd::Shim(ShimCmd::Ls) => {
-            let (v, rows) = husk_core::shims::cli::ls(&c)?;
+        Cmd::Shim(ShimCmd::Ls { spares }) => {
+            let (v, rows) = husk_core::shims::cli::ls(&c, *spares)?;
             if json_out {
                 print_json(&v);
             } else {

@@ -36,6 +36,10 @@ struct Args {
     /// the plugins installed with `husk plugin install`.
     #[arg(long, value_name = "PLUGINS_TOML")]
     plugin_config: Option<PathBuf>,
+    /// Spare shims kept ready per shim binary (0 or 1): a create takes
+    /// the spare instead of waiting for `shim start`.
+    #[arg(long, default_value = "1", value_parser = clap::value_parser!(u8).range(0..=1))]
+    spare_shims: u8,
     /// Debug logging.
     #[arg(long)]
     debug: bool,
@@ -90,17 +94,25 @@ async fn run(a: Args) -> husk_core::Result<()> {
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "huskd".into()),
     };
-    let m = Manager::new(layout, runtimes, launcher, a.plugin_config.clone())?;
+    let m = Manager::new(
+        layout,
+        runtimes,
+        launcher,
+        a.plugin_config.clone(),
+        a.spare_shims > 0,
+    )?;
     m.recover().await?;
+    m.start_spares();
     let listener = server::bind(&socket, mode)?;
     tracing::info!(socket = %socket.display(), root = %a.root.display(), state = %a.state.display(), "huskd serving");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| husk_core::CoreError::io("installing a SIGTERM handler", e))?;
     tokio::select! {
-        _ = server::serve(listener, m) => {}
+        _ = server::serve(listener, m.clone()) => {}
         _ = term.recv() => tracing::info!("SIGTERM: exiting; containers keep running"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: exiting; containers keep running"),
     }
+    m.spares.close().await;
     let _ = std::fs::remove_file(&socket);
     drop(events);
     Ok(())

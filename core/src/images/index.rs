@@ -95,6 +95,26 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     fsync_dir(&dir)
 }
 
+/// Writes `bytes` to `path` so that a crash of this process leaves either
+/// the old or the new content (temp file, rename), without fsync: for
+/// files that need not outlive a reboot (a `--rm` container's record, the
+/// lease of a volatile rootfs), whose loss there costs nothing.
+pub fn write_replace(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .expect("metadata files live in a directory")
+        .to_path_buf();
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(&dir)
+        .ctx(|| format!("creating a temp file in {}", dir.display()))?;
+    tmp.write_all(bytes)
+        .ctx(|| format!("writing {}", tmp.path().display()))?;
+    tmp.persist(path)
+        .map_err(|e| ImageError::io(format!("renaming onto {}", path.display()), e.error))?;
+    Ok(())
+}
+
 /// fsyncs a directory, making renames and creations in it durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir)

@@ -15,7 +15,7 @@ use super::digest::{chain_ids, Digest};
 use super::docker_archive;
 use super::error::{ImageError, IoContext, Result};
 use super::gc::{self, PruneReport};
-use super::index::{index_path, write_atomic, ImageIndex, ImageRecord};
+use super::index::{index_path, write_atomic, write_replace, ImageIndex, ImageRecord};
 use super::layout::{self, ResolvedImage};
 use super::lock::StoreLock;
 use super::overlay::{self, RootfsMount, UpperSync};
@@ -473,15 +473,19 @@ impl ImageStore {
         let (full, r) = self.get_locked(name)?;
         let lowers = self.lowerdirs(&r)?;
         let lease_path = self.root.join("leases").join(format!("{lease}.json"));
-        write_atomic(
-            &lease_path,
-            &serde_json::to_vec_pretty(&Lease {
-                image: full,
-                chain: r.chain.clone(),
-                target: target.to_path_buf(),
-            })
-            .expect("a lease serializes"),
-        )?;
+        let bytes = serde_json::to_vec_pretty(&Lease {
+            image: full,
+            chain: r.chain.clone(),
+            target: target.to_path_buf(),
+        })
+        .expect("a lease serializes");
+        match sync {
+            UpperSync::Synced => write_atomic(&lease_path, &bytes)?,
+            // A volatile rootfs does not outlive a reboot, and neither need
+            // its lease: written without fsync (a lease a crash leaves
+            // behind without its container is dropped by huskd's recovery).
+            UpperSync::Volatile => write_replace(&lease_path, &bytes)?,
+        }
         overlay::mount_overlay(&lowers, upper, work, target, sync).inspect_err(|_| {
             let _ = fs::remove_file(&lease_path);
         })
@@ -498,6 +502,38 @@ impl ImageStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(ImageError::io(format!("removing {}", p.display()), e)),
         }
+    }
+
+    /// Drops the leases a crash left behind: those `keep` does not claim
+    /// (their rootfs is unmounted first, if still mounted) and unreadable
+    /// ones (a lease of a volatile rootfs is written without fsync, so a
+    /// host crash can leave it empty). Returns the ids dropped.
+    pub fn drop_stale_leases(&self, keep: impl Fn(&str) -> bool) -> Result<Vec<String>> {
+        let dir = self.root.join("leases");
+        let mut dropped = Vec::new();
+        for e in fs::read_dir(&dir).ctx(|| format!("listing {}", dir.display()))? {
+            let e = e.ctx(|| format!("listing {}", dir.display()))?;
+            let n = e.file_name().to_string_lossy().into_owned();
+            let Some(id) = n.strip_suffix(".json") else {
+                continue;
+            };
+            if validate_lease(id).is_err() {
+                continue;
+            }
+            let lease = fs::read(e.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Lease>(&b).ok());
+            match lease {
+                Some(_) if keep(id) => continue,
+                Some(l) => self.unmount_rootfs(id, &l.target)?,
+                None => {
+                    tracing::warn!(path = %e.path().display(), "removing an unreadable lease");
+                    fs::remove_file(e.path()).ctx(|| format!("removing {}", e.path().display()))?;
+                }
+            }
+            dropped.push(id.to_string());
+        }
+        Ok(dropped)
     }
 
     /// The leases (`<root>/leases/*.json`).

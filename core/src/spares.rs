@@ -1,0 +1,435 @@
+//! Spare shims: a shim daemon started before a container needs it, so a
+//! create does not wait for `shim start` (two executions of the shim
+//! binary, a fork and a daemonization: 6-13 ms of every `husk run`).
+//!
+//! A spare is an ordinary `shim start` for a container id chosen in
+//! advance, in a directory `<state>/spares/<id>` with the shim's `log`
+//! FIFO, with `-id <id>`, exactly as for a container. The next create with
+//! that shim binary takes the spare and becomes container `<id>`: the
+//! directory is renamed to the bundle `<state>/bundles/<id>` (the shim
+//! needs its start directory only while it starts), its record,
+//! config.json and FIFOs are written and Create goes to the waiting shim.
+//! So the shim's command line, socket name, `address` file and log are the
+//! container's own, and nothing downstream (recovery, `shim delete`, live
+//! swap, leak checks by id) can tell a spare-born container from another.
+//!
+//! - Only husk's shims are kept spare: a spare is asked
+//!   `husk.shim.v1.Shim/Info` once it serves, and a binary whose shim does
+//!   not answer it (runc's, which also needs config.json at `start`) is
+//!   never spared again.
+//! - One spare per shim binary, started in the background after a create
+//!   with that binary took the last one (and, for the default runtime,
+//!   when huskd starts).
+//! - Spares do not leak. A spare is started with a shim idle timeout of
+//!   [`SPARE_IDLE_TIMEOUT`] (it exits by itself if it never gets a
+//!   container); huskd retires it (Shutdown, bundle removed) after
+//!   [`MAX_AGE`], well before that, and starts a new one only if that
+//!   binary was used within [`KEEP_WARM_FOR`]. huskd shuts its spares
+//!   down when it exits; after a crash, the next huskd shuts down the shims
+//!   it finds in `<state>/spares` (and in bundles without a record) through
+//!   their `address` files (`Manager::recover`).
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use containerd_shim_protos::shim_async::TaskClient;
+use husk_shim_api::{InfoRequest, ShimClient};
+
+use crate::error::{CoreError, IoContext};
+use crate::logs::ShimLog;
+use crate::shim_client::{self, ShimLauncher};
+use crate::state::{self, Layout};
+
+/// The idle timeout a spare shim is started with.
+pub const SPARE_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// huskd retires a spare older than this (half the shim's own timeout:
+/// a spare is never handed out near the moment it would exit).
+pub const MAX_AGE: Duration = Duration::from_secs(60);
+/// A retired spare is replaced if its binary ran a container this
+/// recently; an idle huskd stops keeping spares after that.
+pub const KEEP_WARM_FOR: Duration = Duration::from_secs(600);
+/// After a spare failed to start, none is tried for this long.
+const BACKOFF: Duration = Duration::from_secs(30);
+/// A binary whose spares failed to start this many times in a row is not
+/// spared again (runc's shim, for one, will not start without config.json).
+const MAX_FAILURES: u32 = 3;
+/// How often old spares are looked for.
+pub const JANITOR_TICK: Duration = Duration::from_secs(10);
+
+/// A shim serving, waiting for its container.
+pub struct Spare {
+    /// The id its container will have.
+    pub id: String,
+    pub address: String,
+    pub client: TaskClient,
+    /// The reader of the shim's log FIFO in the bundle.
+    pub log: ShimLog,
+    pid: Option<i32>,
+    born: Instant,
+}
+
+impl Spare {
+    fn alive(&self) -> bool {
+        match self.pid {
+            Some(pid) => {
+                // SAFETY: kill with signal 0 only checks that the process
+                // exists.
+                let r = unsafe { libc::kill(pid, 0) };
+                r == 0
+            }
+            None => true,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    spare: Option<Spare>,
+    starting: bool,
+    last_used: Option<Instant>,
+    /// Not a husk shim (or it failed to start as a spare
+    /// [`MAX_FAILURES`] times running): never spared.
+    refused: bool,
+    failures: u32,
+    backoff_until: Option<Instant>,
+}
+
+/// The spare shims, one slot per shim binary.
+pub struct Spares {
+    layout: Layout,
+    launcher: ShimLauncher,
+    enabled: bool,
+    slots: Mutex<HashMap<PathBuf, Slot>>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+enum LaunchError {
+    NotHusk,
+    Failed(CoreError),
+}
+
+impl From<CoreError> for LaunchError {
+    fn from(e: CoreError) -> Self {
+        LaunchError::Failed(e)
+    }
+}
+
+impl Spares {
+    /// `enabled: false` (`huskd --spare-shims 0`) keeps none.
+    pub fn new(layout: Layout, launcher: ShimLauncher, enabled: bool) -> Arc<Spares> {
+        Arc::new(Spares {
+            layout,
+            launcher,
+            enabled,
+            slots: Mutex::new(HashMap::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// The spare for `bin`, if one is ready, its directory moved to the
+    /// bundle of container `spare.id`; marks `bin` as in use.
+    pub fn take(&self, bin: &Path) -> Option<Spare> {
+        let spare = {
+            let mut slots = self.slots.lock().unwrap();
+            let slot = slots.entry(bin.to_path_buf()).or_default();
+            slot.last_used = Some(Instant::now());
+            slot.spare.take()?
+        };
+        if spare.born.elapsed() >= MAX_AGE || !spare.alive() {
+            self.retire(spare);
+            return None;
+        }
+        let (from, to) = (
+            self.layout.spares_dir().join(&spare.id),
+            self.layout.bundle(&spare.id),
+        );
+        match fs::rename(&from, &to) {
+            Ok(()) => Some(spare),
+            Err(e) => {
+                tracing::warn!(%e, from = %from.display(), "taking a spare shim");
+                self.retire(spare);
+                None
+            }
+        }
+    }
+
+    /// The spares ready now: (container id to be, address, binary).
+    pub fn listing(&self) -> Vec<(String, String, PathBuf)> {
+        let slots = self.slots.lock().unwrap();
+        slots
+            .iter()
+            .filter_map(|(bin, slot)| {
+                let s = slot.spare.as_ref()?;
+                Some((s.id.clone(), s.address.clone(), bin.clone()))
+            })
+            .collect()
+    }
+
+    /// Gives back a spare a create took but did not use (its bundle moves
+    /// back to the spares).
+    pub fn put_back(&self, bin: &Path, spare: Spare) {
+        let (from, to) = (
+            self.layout.bundle(&spare.id),
+            self.layout.spares_dir().join(&spare.id),
+        );
+        if fs::rename(&from, &to).is_err() {
+            self.retire(spare);
+            return;
+        }
+        let extra = {
+            let mut slots = self.slots.lock().unwrap();
+            let slot = slots.entry(bin.to_path_buf()).or_default();
+            match slot.spare {
+                None if !self.is_closed() => {
+                    slot.spare = Some(spare);
+                    None
+                }
+                _ => Some(spare),
+            }
+        };
+        if let Some(s) = extra {
+            self.retire(s);
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Starts a spare for `bin` in the background, unless one is there or
+    /// coming, or `bin` is not a husk shim.
+    pub fn refill(self: &Arc<Self>, bin: &Path, plugin_config: Option<PathBuf>) {
+        {
+            let mut slots = self.slots.lock().unwrap();
+            let slot = slots.entry(bin.to_path_buf()).or_default();
+            let backing_off = slot.backoff_until.is_some_and(|t| Instant::now() < t);
+            if !self.enabled
+                || self.is_closed()
+                || slot.refused
+                || slot.starting
+                || slot.spare.is_some()
+                || backing_off
+            {
+                return;
+            }
+            slot.starting = true;
+        }
+        let me = self.clone();
+        let bin = bin.to_path_buf();
+        tokio::spawn(async move {
+            let r = me.launch(&bin, plugin_config).await;
+            let extra = {
+                let mut slots = me.slots.lock().unwrap();
+                let slot = slots.entry(bin.clone()).or_default();
+                slot.starting = false;
+                match r {
+                    Ok(s) if slot.spare.is_none() && !me.is_closed() => {
+                        tracing::debug!(id = %s.id, bin = %bin.display(), "spare shim ready");
+                        slot.failures = 0;
+                        slot.spare = Some(s);
+                        None
+                    }
+                    Ok(s) => Some(s),
+                    Err(LaunchError::NotHusk) => {
+                        tracing::info!(bin = %bin.display(), "not a husk shim: no spare shims for it");
+                        slot.refused = true;
+                        None
+                    }
+                    Err(LaunchError::Failed(e)) => {
+                        slot.failures += 1;
+                        slot.refused = slot.failures >= MAX_FAILURES;
+                        slot.backoff_until = Some(Instant::now() + BACKOFF);
+                        tracing::info!(bin = %bin.display(), %e, failures = slot.failures,
+                            "starting a spare shim failed; creates start their own shim");
+                        None
+                    }
+                }
+            };
+            if let Some(s) = extra {
+                me.retire(s);
+            }
+        });
+    }
+
+    async fn launch(
+        &self,
+        bin: &Path,
+        plugin_config: Option<PathBuf>,
+    ) -> std::result::Result<Spare, LaunchError> {
+        let id = state::new_id()?;
+        let dir = self.layout.spares_dir().join(&id);
+        fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        let r = self.launch_in(bin, &id, &dir, plugin_config).await;
+        if r.is_err() {
+            let _ = fs::remove_dir_all(&dir);
+        }
+        r
+    }
+
+    async fn launch_in(
+        &self,
+        bin: &Path,
+        id: &str,
+        bundle: &Path,
+        plugin_config: Option<PathBuf>,
+    ) -> std::result::Result<Spare, LaunchError> {
+        let log = ShimLog::start(bundle, id)?;
+        let address = {
+            let (l, bin, id, bundle) = (
+                self.launcher.clone(),
+                bin.to_path_buf(),
+                id.to_string(),
+                bundle.to_path_buf(),
+            );
+            tokio::task::spawn_blocking(move || {
+                l.start_with_idle_timeout(
+                    &bin,
+                    &id,
+                    &bundle,
+                    plugin_config.as_deref(),
+                    Some(SPARE_IDLE_TIMEOUT),
+                )
+            })
+            .await
+            .map_err(|e| CoreError::Internal(e.to_string()))??
+        };
+        let conn = ttrpc::asynchronous::Client::connect(&address)
+            .await
+            .map_err(|e| CoreError::Runtime(format!("connecting to the shim at {address}: {e}")))?;
+        let client = TaskClient::new(conn.clone());
+        let info = ShimClient::new(conn)
+            .info(shim_client::ctx(5), &InfoRequest::new())
+            .await;
+        let pid = fs::read_to_string(bundle.join("shim.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        let spare = Spare {
+            id: id.to_string(),
+            address,
+            client,
+            log,
+            pid,
+            born: Instant::now(),
+        };
+        match info {
+            Ok(_) => Ok(spare),
+            Err(e) => {
+                let not_husk = matches!(&e, ttrpc::Error::RpcStatus(s)
+                    if s.message.contains("service does not exist"));
+                self.retire(spare);
+                if not_husk {
+                    Err(LaunchError::NotHusk)
+                } else {
+                    Err(LaunchError::Failed(shim_client::rpc_err(
+                        "asking a spare shim who it is",
+                        e,
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Shuts a spare down (it holds no container, so it exits) and removes
+    /// its directory, in the background.
+    fn retire(&self, spare: Spare) {
+        let dir = self.layout.spares_dir().join(&spare.id);
+        tokio::spawn(async move {
+            shutdown(&spare.client, &spare.id).await;
+            drop(spare.log);
+            let _ = tokio::task::spawn_blocking(move || fs::remove_dir_all(&dir)).await;
+        });
+    }
+
+    /// Retires spares past [`MAX_AGE`]; returns the binaries to start a
+    /// new spare for (used within [`KEEP_WARM_FOR`]).
+    pub fn expire(&self) -> Vec<PathBuf> {
+        let mut old = Vec::new();
+        let mut again = Vec::new();
+        {
+            let mut slots = self.slots.lock().unwrap();
+            for (bin, slot) in slots.iter_mut() {
+                let expired = slot
+                    .spare
+                    .as_ref()
+                    .is_some_and(|s| s.born.elapsed() >= MAX_AGE || !s.alive());
+                if expired {
+                    old.extend(slot.spare.take());
+                }
+                if slot.spare.is_none()
+                    && slot.last_used.is_some_and(|t| t.elapsed() < KEEP_WARM_FOR)
+                {
+                    again.push(bin.clone());
+                }
+            }
+        }
+        for s in old {
+            tracing::debug!(id = %s.id, "retiring an old spare shim");
+            self.retire(s);
+        }
+        again
+    }
+
+    /// huskd is exiting: no new spares; every spare (and any being
+    /// started) is shut down and its bundle removed before this returns.
+    pub async fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (spares, starting) = {
+                let mut slots = self.slots.lock().unwrap();
+                let spares: Vec<Spare> =
+                    slots.values_mut().filter_map(|s| s.spare.take()).collect();
+                (spares, slots.values().any(|s| s.starting))
+            };
+            for s in spares {
+                shutdown(&s.client, &s.id).await;
+                drop(s.log);
+                let _ = fs::remove_dir_all(self.layout.spares_dir().join(&s.id));
+            }
+            if !starting || Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Shutdown to a shim that holds no container: it exits.
+async fn shutdown(client: &TaskClient, id: &str) {
+    let req = containerd_shim_protos::api::ShutdownRequest {
+        id: id.to_string(),
+        ..Default::default()
+    };
+    let _ = client.shutdown(shim_client::ctx(2), &req).await;
+}
+
+/// Shuts down the spare shims a previous huskd left in `<state>/spares`
+/// and removes their directories.
+pub async fn clean_leftovers(layout: &Layout) {
+    let Ok(rd) = fs::read_dir(layout.spares_dir()) else {
+        return;
+    };
+    for e in rd.flatten() {
+        shutdown_orphan(&e.path()).await;
+        let _ = fs::remove_dir_all(e.path());
+    }
+}
+
+/// Shuts down the shim whose `address` file is in `bundle` (a spare's
+/// directory, or a bundle without a container record: a spare being handed
+/// over, or a create that crashed before its record was written). A shim
+/// that holds a container ignores Shutdown.
+pub async fn shutdown_orphan(bundle: &Path) {
+    let Ok(address) = fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let address = address.trim();
+    let connect = ttrpc::asynchronous::Client::connect(address);
+    if let Ok(Ok(conn)) = tokio::time::timeout(Duration::from_secs(2), connect).await {
+        tracing::info!(bundle = %bundle.display(), "shutting down a shim without a container");
+        shutdown(&TaskClient::new(conn), "").await;
+    }
+}

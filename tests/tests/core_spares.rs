@@ -1,0 +1,149 @@
+//! huskd's spare shims (docs/architecture.md, "Spare shims"): the next
+//! container takes the spare (its id and shim are the spare's), a new one
+//! is started, none outlives huskd (stopped, or `kill -9`'d and
+//! restarted), and runc's shim is never spared.
+
+mod core_common;
+
+use std::time::{Duration, Instant};
+
+use core_common::{alive, Huskd, IMAGE};
+use husk_tests::require_root;
+
+/// (container id to be, pid, binary) of the spares huskd lists.
+fn spares(d: &Huskd) -> Vec<(String, u32, String)> {
+    let out = d.husk_ok(&["--format", "json", "shim", "ls", "--spares"]);
+    serde_json::from_str::<serde_json::Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["spare"] == true)
+        .map(|s| {
+            (
+                s["container"].as_str().unwrap().to_string(),
+                s["pid"].as_u64().unwrap() as u32,
+                s["binary"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Waits for a spare other than `not`.
+fn wait_spare(d: &Huskd, not: Option<&str>) -> (String, u32, String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(s) = spares(d).into_iter().find(|s| Some(s.0.as_str()) != not) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no spare shim came:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_dead(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "pid {pid} still alive");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn spare_dirs(d: &Huskd) -> Vec<String> {
+    std::fs::read_dir(d.state.join("spares"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_next_container_takes_the_spare_and_a_new_one_comes() {
+    require_root!();
+    let d = Huskd::start();
+    d.import_busybox();
+    let (id, pid, bin) = wait_spare(&d, None);
+    assert!(bin.ends_with("containerd-shim-husk-v2"), "{bin}");
+    assert!(alive(pid));
+    assert_eq!(spare_dirs(&d), vec![id.clone()]);
+    let got = d
+        .husk_ok(&["run", "-d", IMAGE, "sleep", "1000"])
+        .trim()
+        .to_string();
+    assert_eq!(got, id, "the container did not take the spare");
+    d.wait_status(&id, "running");
+    // Its shim is the spare's process, listed as the container's now, and
+    // its directory became the bundle.
+    let out = d.husk_ok(&["--format", "json", "shim", "ls"]);
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows[0]["container"], id.as_str());
+    assert_eq!(rows[0]["pid"], pid);
+    assert!(d.bundle(&id).join("config.json").exists());
+    let (next, next_pid, _) = wait_spare(&d, Some(&id));
+    assert_ne!(next_pid, pid);
+    // Output, exit code and --rm work through a spare as through a fresh
+    // shim.
+    let out = d.husk(&["run", "--rm", IMAGE, "sh", "-c", "echo from-spare; exit 3"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-spare\n");
+    wait_dead(next_pid);
+    assert!(!d.bundle(&next).exists());
+    d.husk_ok(&["rm", "-f", &id]);
+    wait_dead(pid);
+    husk_tests::leaks::assert_no_leaks(&id);
+    husk_tests::leaks::assert_no_leaks(&next);
+}
+
+#[test]
+fn spares_do_not_outlive_huskd() {
+    require_root!();
+    let mut d = Huskd::start();
+    let (id, pid, _) = wait_spare(&d, None);
+    // kill -9: the spare stays; the restarted huskd shuts it down and
+    // removes its directory, then keeps a new one.
+    d.kill9();
+    assert!(alive(pid));
+    d.spawn();
+    wait_dead(pid);
+    let (id2, pid2, _) = wait_spare(&d, Some(&id));
+    assert_eq!(spare_dirs(&d), vec![id2.clone()]);
+    husk_tests::leaks::assert_no_leaks(&id);
+    // Stopped (SIGTERM), huskd shuts its spare down.
+    let state = d.state.clone();
+    drop(d);
+    wait_dead(pid2);
+    assert!(!state.join("spares").join(&id2).exists());
+    husk_tests::leaks::assert_no_leaks(&id2);
+}
+
+#[test]
+fn no_spares_with_spare_shims_0_nor_for_runc() {
+    require_root!();
+    let d = Huskd::start_with(&["--spare-shims", "0"]);
+    d.import_busybox();
+    d.husk_ok(&["run", "--rm", IMAGE, "true"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(spares(&d).is_empty());
+    assert!(spare_dirs(&d).is_empty());
+    drop(d);
+
+    let d = Huskd::start();
+    d.import_busybox();
+    let (native, _, _) = wait_spare(&d, None);
+    d.husk_ok(&["run", "--rm", "--runtime", "runc", IMAGE, "true"]);
+    // runc's shim does not serve husk.shim.v1.Shim: the spare tried for it
+    // is shut down and none is kept for it.
+    std::thread::sleep(Duration::from_millis(1500));
+    let now = spares(&d);
+    assert!(
+        now.iter().all(|s| s.2.ends_with("containerd-shim-husk-v2")),
+        "{now:?}"
+    );
+    assert_eq!(spare_dirs(&d), vec![native]);
+}
