@@ -223,7 +223,7 @@ impl Manager {
         }
         let args = spec_builder::args(&img.config, &p)?;
         // A spare shim comes with its container's id and bundle.
-        let spare = self.spares.take(&shim_bin);
+        let spare = self.spares.take(&shim_bin).await;
         let id = match &spare {
             Some(s) => s.id.clone(),
             None => state::new_id()?,

@@ -134,6 +134,8 @@ pub struct ShimLauncher {
     pub ttrpc_address: String,
     /// `-publish-binary`.
     pub publish_binary: String,
+    /// `-debug` (as containerd passes it when it logs at debug level).
+    pub debug: bool,
 }
 
 impl ShimLauncher {
@@ -149,6 +151,7 @@ impl ShimLauncher {
             "-id",
             id,
         ])
+        .args(self.debug.then_some("-debug"))
         .current_dir(bundle)
         .env("TTRPC_ADDRESS", &self.ttrpc_address)
         .env("GRPC_ADDRESS", &self.address)

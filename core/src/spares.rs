@@ -56,6 +56,8 @@ const BACKOFF: Duration = Duration::from_secs(30);
 /// A binary whose spares failed to start this many times in a row is not
 /// spared again (runc's shim, for one, will not start without config.json).
 const MAX_FAILURES: u32 = 3;
+/// How long a create waits for a spare that is starting.
+const TAKE_WAIT: Duration = Duration::from_millis(100);
 /// How often old spares are looked for.
 pub const JANITOR_TICK: Duration = Duration::from_secs(10);
 
@@ -104,6 +106,8 @@ pub struct Spares {
     enabled: bool,
     slots: Mutex<HashMap<PathBuf, Slot>>,
     closed: std::sync::atomic::AtomicBool,
+    /// Woken whenever a launch ends.
+    launched: tokio::sync::Notify,
 }
 
 enum LaunchError {
@@ -126,17 +130,34 @@ impl Spares {
             enabled,
             slots: Mutex::new(HashMap::new()),
             closed: std::sync::atomic::AtomicBool::new(false),
+            launched: tokio::sync::Notify::new(),
         })
     }
 
-    /// The spare for `bin`, if one is ready, its directory moved to the
-    /// bundle of container `spare.id`; marks `bin` as in use.
-    pub fn take(&self, bin: &Path) -> Option<Spare> {
-        let spare = {
-            let mut slots = self.slots.lock().unwrap();
-            let slot = slots.entry(bin.to_path_buf()).or_default();
-            slot.last_used = Some(Instant::now());
-            slot.spare.take()?
+    /// The spare for `bin`, its directory moved to the bundle of container
+    /// `spare.id`; marks `bin` as in use. A spare still starting is waited
+    /// for (at most [`TAKE_WAIT`]: it is ready sooner than a shim started
+    /// now would be); `None` if there is none.
+    pub async fn take(&self, bin: &Path) -> Option<Spare> {
+        let deadline = tokio::time::Instant::now() + TAKE_WAIT;
+        let spare = loop {
+            let launched = self.launched.notified();
+            tokio::pin!(launched);
+            launched.as_mut().enable();
+            {
+                let mut slots = self.slots.lock().unwrap();
+                let slot = slots.entry(bin.to_path_buf()).or_default();
+                slot.last_used = Some(Instant::now());
+                if let Some(s) = slot.spare.take() {
+                    break s;
+                }
+                if !slot.starting {
+                    return None;
+                }
+            }
+            if tokio::time::timeout_at(deadline, launched).await.is_err() {
+                return None;
+            }
         };
         if spare.born.elapsed() >= MAX_AGE || !spare.alive() {
             self.retire(spare);
@@ -248,6 +269,7 @@ impl Spares {
                     }
                 }
             };
+            me.launched.notify_waiters();
             if let Some(s) = extra {
                 me.retire(s);
             }

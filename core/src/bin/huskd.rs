@@ -93,6 +93,7 @@ async fn run(a: Args) -> husk_core::Result<()> {
         publish_binary: std::env::current_exe()
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "huskd".into()),
+        debug: a.debug,
     };
     let m = Manager::new(
         layout,
