@@ -33,6 +33,9 @@ pub enum Frame {
     /// Container output: `stream` is `stdout` or `stderr`; `data` is the
     /// bytes as UTF-8 (invalid sequences replaced).
     Output { stream: String, data: String },
+    /// `container.run` created the container: `result` is what
+    /// `container.create` returns; output and the final `ok` follow.
+    Created { result: Value },
     /// The method succeeded; `result` is its value.
     Ok { result: Value },
     /// The method failed; `kind` is one of `not_found`, `conflict`,

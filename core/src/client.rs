@@ -43,7 +43,49 @@ impl Client {
         params: Value,
         mut on_output: impl FnMut(&str, &str),
     ) -> Result<Value, ClientError> {
-        let mut s = UnixStream::connect(&self.socket).map_err(|e| {
+        self.call_frames(method, params, None, &mut |_| {}, &mut on_output)
+    }
+
+    pub fn call(&self, method: &str, params: Value) -> Result<Value, ClientError> {
+        self.call_streaming(method, params, |_, _| {})
+    }
+
+    /// Calls a method that attaches stdin: the request, then this process's
+    /// stdin as `stdin` frames (and `close_stdin` at its EOF), while output
+    /// frames go to `on_output`. With `tty`, the local terminal (if stdin is
+    /// one) is put in raw mode for the call and its size sent.
+    pub fn call_interactive(
+        &self,
+        method: &str,
+        params: Value,
+        tty: bool,
+        mut on_output: impl FnMut(&str, &str),
+    ) -> Result<Value, ClientError> {
+        self.call_frames(method, params, Some(tty), &mut |_| {}, &mut on_output)
+    }
+
+    /// `container.run` (create, start, attach in one request): `on_created`
+    /// gets what `container.create` returns as soon as the container
+    /// exists, `on_output` its output; `stdin`: `Some(tty)` to attach this
+    /// process's stdin (as [`Client::call_interactive`]).
+    pub fn run(
+        &self,
+        params: Value,
+        stdin: Option<bool>,
+        mut on_created: impl FnMut(&Value),
+        mut on_output: impl FnMut(&str, &str),
+    ) -> Result<Value, ClientError> {
+        self.call_frames(
+            "container.run",
+            params,
+            stdin,
+            &mut on_created,
+            &mut on_output,
+        )
+    }
+
+    fn connect(&self) -> Result<UnixStream, ClientError> {
+        UnixStream::connect(&self.socket).map_err(|e| {
             let hint = match e.kind() {
                 std::io::ErrorKind::PermissionDenied => {
                     "; the socket is root-only (mode 0600): run husk as root".to_string()
@@ -58,7 +100,22 @@ impl Client {
                 source: e,
                 hint,
             }
-        })?;
+        })
+    }
+
+    /// One request and its frames; `stdin: Some(tty)` also sends this
+    /// process's stdin (and, with `tty`, the terminal's size, the local
+    /// terminal in raw mode for the call).
+    fn call_frames(
+        &self,
+        method: &str,
+        params: Value,
+        stdin: Option<bool>,
+        on_created: &mut dyn FnMut(&Value),
+        on_output: &mut dyn FnMut(&str, &str),
+    ) -> Result<Value, ClientError> {
+        use crate::api::Input;
+        let mut s = self.connect()?;
         let req = Request {
             api: API_VERSION,
             method: method.to_string(),
@@ -67,87 +124,45 @@ impl Client {
         let mut line = serde_json::to_vec(&req).expect("a request serializes");
         line.push(b'\n');
         s.write_all(&line)?;
-        let r = BufReader::new(s);
-        for l in r.lines() {
-            let l = l?;
-            match serde_json::from_str::<Frame>(&l).map_err(|_| ClientError::Protocol(l.clone()))? {
-                Frame::Output { stream, data } => on_output(&stream, &data),
-                Frame::Ok { result } => return Ok(result),
-                Frame::Error { kind, message } => return Err(ClientError::Api { kind, message }),
-            }
-        }
-        Err(ClientError::Protocol(
-            "the connection closed before a result".into(),
-        ))
-    }
-
-    pub fn call(&self, method: &str, params: Value) -> Result<Value, ClientError> {
-        self.call_streaming(method, params, |_, _| {})
-    }
-}
-
-impl Client {
-    /// Calls a method that attaches stdin: the request, then this process's
-    /// stdin as `stdin` frames (and `close_stdin` at its EOF), while output
-    /// frames go to `on_output`. With `tty`, the local terminal (if stdin is
-    /// one) is put in raw mode for the call and its size sent.
-    pub fn call_interactive(
-        &self,
-        method: &str,
-        params: Value,
-        tty: bool,
-        mut on_output: impl FnMut(&str, &str),
-    ) -> Result<Value, ClientError> {
-        use crate::api::Input;
-        let s = UnixStream::connect(&self.socket).map_err(|e| ClientError::Connect {
-            socket: self.socket.clone(),
-            source: e,
-            hint: String::new(),
-        })?;
-        let req = Request {
-            api: API_VERSION,
-            method: method.to_string(),
-            params,
-        };
-        let mut w = s.try_clone()?;
-        let mut line = serde_json::to_vec(&req).expect("a request serializes");
-        line.push(b'\n');
-        w.write_all(&line)?;
+        let tty = stdin == Some(true);
         let raw = if tty { RawTerminal::enter() } else { None };
-        if tty {
-            if let Some((width, height)) = terminal_size() {
-                let mut l = serde_json::to_vec(&Input::Resize { width, height }).unwrap();
-                l.push(b'\n');
-                w.write_all(&l)?;
-            }
-        }
-        std::thread::spawn(move || {
-            use std::io::Read;
-            let mut stdin = std::io::stdin();
-            let mut buf = [0u8; 8192];
-            let mut carry: Vec<u8> = Vec::new();
-            loop {
-                let n = match stdin.read(&mut buf) {
-                    Ok(0) | Err(_) => 0,
-                    Ok(n) => n,
-                };
-                let frame = if n == 0 {
-                    Input::CloseStdin
-                } else {
-                    carry.extend_from_slice(&buf[..n]);
-                    let cut = crate::logs::utf8_boundary(&carry);
-                    let chunk: Vec<u8> = carry.drain(..cut).collect();
-                    Input::Stdin {
-                        data: String::from_utf8_lossy(&chunk).into_owned(),
-                    }
-                };
-                let mut l = serde_json::to_vec(&frame).unwrap();
-                l.push(b'\n');
-                if w.write_all(&l).is_err() || n == 0 {
-                    return;
+        if let Some(tty) = stdin {
+            let mut w = s.try_clone()?;
+            if tty {
+                if let Some((width, height)) = terminal_size() {
+                    let mut l = serde_json::to_vec(&Input::Resize { width, height }).unwrap();
+                    l.push(b'\n');
+                    w.write_all(&l)?;
                 }
             }
-        });
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut stdin = std::io::stdin();
+                let mut buf = [0u8; 8192];
+                let mut carry: Vec<u8> = Vec::new();
+                loop {
+                    let n = match stdin.read(&mut buf) {
+                        Ok(0) | Err(_) => 0,
+                        Ok(n) => n,
+                    };
+                    let frame = if n == 0 {
+                        Input::CloseStdin
+                    } else {
+                        carry.extend_from_slice(&buf[..n]);
+                        let cut = crate::logs::utf8_boundary(&carry);
+                        let chunk: Vec<u8> = carry.drain(..cut).collect();
+                        Input::Stdin {
+                            data: String::from_utf8_lossy(&chunk).into_owned(),
+                        }
+                    };
+                    let mut l = serde_json::to_vec(&frame).unwrap();
+                    l.push(b'\n');
+                    if w.write_all(&l).is_err() || n == 0 {
+                        return;
+                    }
+                }
+            });
+        }
         let r = BufReader::new(s);
         let mut result = Err(ClientError::Protocol(
             "the connection closed before a result".into(),
@@ -156,6 +171,7 @@ impl Client {
             let l = l?;
             match serde_json::from_str::<Frame>(&l).map_err(|_| ClientError::Protocol(l.clone()))? {
                 Frame::Output { stream, data } => on_output(&stream, &data),
+                Frame::Created { result } => on_created(&result),
                 Frame::Ok { result: v } => {
                     result = Ok(v);
                     break;

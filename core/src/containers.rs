@@ -542,17 +542,29 @@ impl Manager {
         if let Some(sink) = &sink {
             sink.close(Duration::from_secs(5)).await;
         }
-        tracing::debug!(id = %c.id, ms = t0.elapsed().as_millis() as u64, "output drained");
+        tracing::debug!(id = %c.id, ms = t0.elapsed().as_secs_f64() * 1e3, "output drained");
+        // The init is gone, and with it the container's mount namespace:
+        // the rootfs is unmounted while the shim deletes the task.
+        let rec = c.record();
+        let unmount = self.unmount(&rec);
         let client = c.client.lock().unwrap().take();
-        if let Some(client) = client {
-            shim_client::delete_and_shutdown(&client, &c.id).await;
-        }
-        tracing::debug!(id = %c.id, ms = t0.elapsed().as_millis() as u64, "task deleted, shim shut down");
-        c.shim_log.lock().unwrap().take();
-        if let Err(e) = self.unmount(&c.record()).await {
+        let shim_log = c.shim_log.lock().unwrap().take();
+        let delete = async {
+            if let Some(client) = client {
+                shim_client::delete_task(&client, &c.id).await;
+                // The shim exits on Shutdown; nothing here needs its answer.
+                let id = c.id.clone();
+                tokio::spawn(async move {
+                    shim_client::shutdown(&client, &id).await;
+                    drop(shim_log);
+                });
+            }
+        };
+        let (unmounted, ()) = tokio::join!(unmount, delete);
+        if let Err(e) = unmounted {
             tracing::warn!(id = %c.id, %e, "unmounting the rootfs");
         }
-        tracing::debug!(id = %c.id, ms = t0.elapsed().as_millis() as u64, "rootfs unmounted");
+        tracing::debug!(id = %c.id, ms = t0.elapsed().as_secs_f64() * 1e3, "task deleted, rootfs unmounted");
         let auto_remove = {
             let mut r = c.rec.lock().unwrap();
             r.status = Status::Stopped;

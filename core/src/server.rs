@@ -211,16 +211,7 @@ async fn dispatch(
             let images = m.images.clone();
             to_value(blocking(move || Ok(images.prune()?)).await?)
         }
-        "container.create" => {
-            let p: CreateParams = params(p)?;
-            let summary = m.create(p).await?;
-            let policy = m.policy_record(&summary.id);
-            let mut v = to_value(summary)?;
-            if let Some(policy) = policy {
-                v["policy"] = policy;
-            }
-            Ok(v)
-        }
+        "container.create" => create(m, params(p)?).await,
         "plugin.install" => {
             let p: crate::plugins::InstallParams = params(p)?;
             let m = m.clone();
@@ -272,22 +263,16 @@ async fn dispatch(
             if !p.attach {
                 return to_value(m.start(&p.id).await?.record().summary());
             }
-            // The log is opened and its capture subscribed before the
-            // start, so a fast container's output (and its removal with
-            // --rm) cannot outrun the client.
-            let c = m.get(&p.id)?;
-            let file =
-                crate::logs::open_log(&m.layout.container_dir(&c.id).join("log.jsonl")).await?;
-            let live = c.log_sink().map(|s| s.subscribe());
-            let c = m.start(&p.id).await?;
-            m.attach_input(&c, inbox);
-            follow(&c, file, live, out).await?;
-            let code = c.wait_exit().await;
-            if c.record().params.auto_remove {
-                // `run --rm` returns once the container is gone.
-                let _ = tokio::time::timeout(Duration::from_secs(60), c.wait_settled()).await;
-            }
-            Ok(json!({"id": c.id, "exit_code": code}))
+            start_attached(m, &p.id, out, inbox).await
+        }
+        "container.run" => {
+            // `container.create`, then `container.start` with `attach`, in
+            // one request: no round trip through the client in between.
+            let p: CreateParams = params(p)?;
+            let created = create(m, p).await?;
+            let id = created["id"].as_str().unwrap_or_default().to_string();
+            let _ = out.send(Frame::Created { result: created }).await;
+            start_attached(m, &id, out, inbox).await
         }
         "container.list" => {
             #[derive(Deserialize, Default)]
@@ -426,6 +411,42 @@ async fn dispatch(
             "unknown method {method:?}; docs/api.md lists the methods"
         ))),
     }
+}
+
+/// `container.create`: the summary, and what policy plugins recorded.
+async fn create(m: &Arc<Manager>, p: CreateParams) -> Result<Value> {
+    let summary = m.create(p).await?;
+    let policy = m.policy_record(&summary.id);
+    let mut v = to_value(summary)?;
+    if let Some(policy) = policy {
+        v["policy"] = policy;
+    }
+    Ok(v)
+}
+
+/// Starts a created container with its output (and the client's input)
+/// attached; returns once it exited (with `--rm`, once it is gone).
+async fn start_attached(
+    m: &Arc<Manager>,
+    id: &str,
+    out: &mpsc::Sender<Frame>,
+    inbox: mpsc::Receiver<Input>,
+) -> Result<Value> {
+    // The log is opened and its capture subscribed before the start, so a
+    // fast container's output (and its removal with --rm) cannot outrun
+    // the client.
+    let c = m.get(id)?;
+    let file = crate::logs::open_log(&m.layout.container_dir(&c.id).join("log.jsonl")).await?;
+    let live = c.log_sink().map(|s| s.subscribe());
+    let c = m.start(id).await?;
+    m.attach_input(&c, inbox);
+    follow(&c, file, live, out).await?;
+    let code = c.wait_exit().await;
+    if c.record().params.auto_remove {
+        // `run --rm` returns once the container is gone.
+        let _ = tokio::time::timeout(Duration::from_secs(60), c.wait_settled()).await;
+    }
+    Ok(json!({"id": c.id, "exit_code": code}))
 }
 
 /// Streams a container's log until its output ends. Without a live

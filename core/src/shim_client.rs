@@ -162,7 +162,8 @@ impl ShimLauncher {
     }
 
     /// `shim start`: returns the address the shim printed. `plugin_config`,
-    /// the config its Create will name, is loaded by the shim meanwhile.
+    /// the config its Create will name, the shim asks the plugin service
+    /// (husk-plugind) to load meanwhile, starting it if it is not running.
     pub fn start(
         &self,
         bin: &Path,
@@ -265,11 +266,22 @@ pub async fn connect(address: &str) -> Result<TaskClient> {
 /// Deletes the task and shuts the shim down, ignoring failures: the last
 /// step of every container's life, whether it exited or its create failed.
 pub async fn delete_and_shutdown(client: &TaskClient, id: &str) {
+    delete_task(client, id).await;
+    shutdown(client, id).await;
+}
+
+/// Deletes the task, ignoring failures.
+pub async fn delete_task(client: &TaskClient, id: &str) {
     let delete = containerd_shim_protos::api::DeleteRequest {
         id: id.to_string(),
         ..Default::default()
     };
     let _ = client.delete(ctx(10), &delete).await;
+}
+
+/// Shuts the shim down (it exits once it holds no container), ignoring
+/// failures.
+pub async fn shutdown(client: &TaskClient, id: &str) {
     let shutdown = containerd_shim_protos::api::ShutdownRequest {
         id: id.to_string(),
         ..Default::default()

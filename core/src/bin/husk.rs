@@ -457,6 +457,28 @@ fn run(cli: &Cli) -> Result<u8, Fail> {
         Cmd::Image(ImageCmd::Inspect { name }) => {
             print_json(&c.call("image.inspect", json!({"name": name}))?)
         }
+        Cmd::Run(a) if !a.detach => {
+            // One request: create, start, attach (`container.run`).
+            let p = create_params(a)?;
+            // Signals are held from here, and passed on once the
+            // container exists (as `docker run` does, not with a terminal).
+            let forward = if a.tty {
+                None
+            } else {
+                forward_signals(&cli.socket)
+            };
+            let on_created = |r: &Value| {
+                report_policy(&r["policy"]);
+                if let (Some(tx), Some(id)) = (&forward, r["id"].as_str()) {
+                    let _ = tx.send(id.to_string());
+                }
+            };
+            let params = serde_json::to_value(&p).unwrap();
+            let stdin = a.interactive.then_some(a.tty);
+            let r = c.run(params, stdin, on_created, out)?;
+            let code = r["exit_code"].as_i64().unwrap_or(125);
+            return Ok(exit_byte(code));
+        }
         Cmd::Run(a) | Cmd::Create(a) => {
             let is_run = matches!(cli.cmd, Cmd::Run(_));
             let p = create_params(a)?;
@@ -467,26 +489,10 @@ fn run(cli: &Cli) -> Result<u8, Fail> {
                 println!("{id}");
                 return Ok(0);
             }
-            if a.detach {
-                c.call("container.start", json!({"id": id}))?;
-                println!("{id}");
-                return Ok(0);
-            }
-            if !a.tty {
-                proxy_signals(&cli.socket, &id);
-            }
-            let r = if a.interactive {
-                c.call_interactive(
-                    "container.start",
-                    json!({"id": id, "attach": true}),
-                    a.tty,
-                    out,
-                )?
-            } else {
-                c.call_streaming("container.start", json!({"id": id, "attach": true}), out)?
-            };
-            let code = r["exit_code"].as_i64().unwrap_or(125);
-            return Ok(exit_byte(code));
+            // `run -d` (an attached run is `container.run` above).
+            c.call("container.start", json!({"id": id}))?;
+            println!("{id}");
+            return Ok(0);
         }
         Cmd::Start { attach, id } => {
             if *attach {
@@ -862,7 +868,10 @@ fn exit_byte(code: i64) -> u8 {
 /// Like `docker run`'s sig-proxy: SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1
 /// and SIGUSR2 sent to `husk run` are passed on to the container (with a
 /// terminal, ^C already reaches it through the pty).
-fn proxy_signals(socket: &std::path::Path, id: &str) {
+/// Blocks the signals `docker run` passes on (INT, TERM, HUP, QUIT, USR1,
+/// USR2) and passes each to the container whose id comes on the returned
+/// channel (held until then); `None` if they cannot be blocked.
+fn forward_signals(socket: &std::path::Path) -> Option<std::sync::mpsc::Sender<String>> {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     for s in [
@@ -878,16 +887,21 @@ fn proxy_signals(socket: &std::path::Path, id: &str) {
     // Blocked here, before any other thread exists, so every thread
     // inherits the mask and only the waiter below takes them.
     if set.thread_block().is_err() {
-        return;
+        return None;
     }
     let socket = socket.to_path_buf();
-    let id = id.to_string();
-    std::thread::spawn(move || loop {
-        let Ok(sig) = set.wait() else { return };
-        let c = Client::new(&socket);
-        let _ = c.call(
-            "container.kill",
-            json!({"id": id, "signal": (sig as i32).to_string()}),
-        );
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        // Signals that come before the container exists stay pending.
+        let Ok(id) = rx.recv() else { return };
+        loop {
+            let Ok(sig) = set.wait() else { return };
+            let c = Client::new(&socket);
+            let _ = c.call(
+                "container.kill",
+                json!({"id": id, "signal": (sig as i32).to_string()}),
+            );
+        }
     });
+    Some(tx)
 }
