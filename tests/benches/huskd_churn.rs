@@ -20,7 +20,8 @@
 //!
 //! Memory: the daemon's VmRSS (from /proc/PID/status) before the first
 //! start, its peak (sampled every 5 ms through all phases), and after the
-//! last removal; plus the shims' summed VmRSS with all N running.
+//! last removal; plus the shims' summed VmRSS with all N running (huskd's
+//! spare shim, which serves no container, is not counted).
 //! Afterwards nothing may be left: no container record, no shim, no mount,
 //! no cgroup of a container. `CHURN_COUNT` (default 200) sets N;
 //! `CHURN_CTR=0` skips containerd.
@@ -202,11 +203,12 @@ fn ok(mut cmd: Command) -> Result<String, String> {
 }
 
 /// Summed VmRSS (kB) and count of shim processes whose command line holds
-/// `address`.
-fn shims_rss(address: &str) -> (u64, usize) {
+/// `address`, but for those in `spares` (huskd's spare shims, which serve
+/// no container).
+fn shims_rss(address: &str, spares: &[u32]) -> (u64, usize) {
     let shims: Vec<u32> = leaks::processes_matching(address)
         .into_iter()
-        .filter(|p| p.cmdline.contains("shim"))
+        .filter(|p| p.cmdline.contains("shim") && !spares.contains(&p.pid))
         .map(|p| p.pid)
         .collect();
     let kb = shims
@@ -265,7 +267,8 @@ fn churn_huskd(n: usize) -> Result<Churn, String> {
         ids.push(id.trim().to_string());
     }
     let start = began.elapsed();
-    let (shims_rss_kb, shims) = shims_rss(&address);
+    let spares = || -> Vec<u32> { huskd.spare_shims().into_iter().map(|s| s.1).collect() };
+    let (shims_rss_kb, shims) = shims_rss(&address, &spares());
 
     // Every row of the table but its header names a container.
     let list = time_list(
@@ -291,7 +294,7 @@ fn churn_huskd(n: usize) -> Result<Churn, String> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let mut now = Vec::new();
-        let (_, shims_left) = shims_rss(&address);
+        let (_, shims_left) = shims_rss(&address, &spares());
         if shims_left > 0 {
             now.push(format!("{shims_left} shims"));
         }
@@ -366,7 +369,7 @@ fn churn_containerd(n: usize) -> Result<Churn, String> {
         ids.push(id);
     }
     let start = began.elapsed();
-    let (shims_rss_kb, shims) = shims_rss(&address);
+    let (shims_rss_kb, shims) = shims_rss(&address, &[]);
 
     let list = time_list(
         n,
@@ -396,7 +399,7 @@ fn churn_containerd(n: usize) -> Result<Churn, String> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let mut now = Vec::new();
-        let (_, shims_left) = shims_rss(&address);
+        let (_, shims_left) = shims_rss(&address, &[]);
         if shims_left > 0 {
             now.push(format!("{shims_left} shims"));
         }

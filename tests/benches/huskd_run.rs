@@ -314,19 +314,6 @@ fn no_shims_of(address: &str) -> Result<(), String> {
     }
 }
 
-/// The pids of the spare shims huskd lists.
-fn spare_pids(huskd: &Huskd) -> Vec<u32> {
-    let out = huskd.husk(&["--format", "json", "shim", "ls", "--spares"]);
-    serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        .ok()
-        .and_then(|v| v.as_array().cloned())
-        .into_iter()
-        .flatten()
-        .filter(|s| s["spare"].as_bool() == Some(true))
-        .filter_map(|s| s["pid"].as_u64().map(|p| p as u32))
-        .collect()
-}
-
 /// Runs `/bin/echo MARKER` through the contender and checks the output.
 fn preflight(s: &Setup, kind: Kind) -> Result<(), String> {
     let mut cmd = s.command(kind, &["/bin/echo", MARKER]);
@@ -406,7 +393,7 @@ fn leftovers(s: &Setup) -> Result<(), String> {
     // huskd's spare shims serve no container.
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        let spares = spare_pids(&s.huskd);
+        let spares: Vec<u32> = s.huskd.spare_shims().into_iter().map(|s| s.1).collect();
         let mut now = Vec::new();
         for needle in [
             s.huskd.socket.to_string_lossy().into_owned(),

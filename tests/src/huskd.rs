@@ -218,6 +218,26 @@ impl Huskd {
             .collect()
     }
 
+    /// The spare shims huskd lists (`husk shim ls --spares`): (the
+    /// container id each will serve, its pid, its binary).
+    pub fn spare_shims(&self) -> Vec<(String, u32, String)> {
+        let out = self.husk_ok(&["--format", "json", "shim", "ls", "--spares"]);
+        serde_json::from_str::<serde_json::Value>(&out)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .into_iter()
+            .flatten()
+            .filter(|s| s["spare"] == true)
+            .filter_map(|s| {
+                Some((
+                    s["container"].as_str()?.to_string(),
+                    s["pid"].as_u64()? as u32,
+                    s["binary"].as_str()?.to_string(),
+                ))
+            })
+            .collect()
+    }
+
     pub fn bundle(&self, id: &str) -> PathBuf {
         self.state.join("bundles").join(id)
     }

@@ -45,19 +45,10 @@ fn assert_nothing_left(d: &Huskd) {
     // keeps ready serve no container.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let spares: Vec<u64> = serde_json::from_str::<serde_json::Value>(
-            &d.husk_ok(&["--format", "json", "shim", "ls", "--spares"]),
-        )
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["spare"] == true)
-        .map(|s| s["pid"].as_u64().unwrap())
-        .collect();
+        let spares: Vec<u32> = d.spare_shims().into_iter().map(|s| s.1).collect();
         let shims: Vec<_> = processes_matching(&tmp)
             .into_iter()
-            .filter(|p| p.cmdline.contains("containerd-shim") && !spares.contains(&(p.pid as u64)))
+            .filter(|p| p.cmdline.contains("containerd-shim") && !spares.contains(&p.pid))
             .collect();
         if shims.is_empty() {
             break;

@@ -10,23 +10,8 @@ use std::time::{Duration, Instant};
 use core_common::{alive, Huskd, IMAGE};
 use husk_tests::require_root;
 
-/// (container id to be, pid, binary) of the spares huskd lists.
 fn spares(d: &Huskd) -> Vec<(String, u32, String)> {
-    let out = d.husk_ok(&["--format", "json", "shim", "ls", "--spares"]);
-    serde_json::from_str::<serde_json::Value>(&out)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["spare"] == true)
-        .map(|s| {
-            (
-                s["container"].as_str().unwrap().to_string(),
-                s["pid"].as_u64().unwrap() as u32,
-                s["binary"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    d.spare_shims()
 }
 
 /// Waits for a spare other than `not`.
