@@ -22,7 +22,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
-use crate::{command, host, leaks};
+use crate::{command, host, leaks, plugind};
 
 /// How long [`Containerd::start`] waits for `ctr version` to answer.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -334,6 +334,8 @@ disabled_plugins = [{disabled}]
         cmd.arg("--config")
             .arg(self.config_path())
             .env("PATH", host::path_with(&prepend))
+            // Its shims start a plugin service of their own.
+            .env(plugind::SOCKET_ENV, plugind::socket_in(self.dir.path()))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -491,6 +493,7 @@ impl Drop for Containerd {
             eprintln!("husk-tests: killing leftover shim {p}");
             let _ = kill(Pid::from_raw(p.pid as i32), Signal::SIGKILL);
         }
+        plugind::stop(&plugind::socket_in(self.dir.path()));
         for m in leaks::mount_points_under(self.dir.path()) {
             let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
         }

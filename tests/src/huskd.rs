@@ -10,6 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::command;
+use crate::plugind;
 use crate::runtime_bin::profile_dir_of;
 use crate::ImageBuilder;
 
@@ -108,6 +109,8 @@ impl Huskd {
             .arg(&self.socket)
             .args(self.opts.debug.then_some("--debug"))
             .args(&self.opts.args)
+            // Its shims start a plugin service of their own.
+            .env(plugind::SOCKET_ENV, plugind::socket_in(self.tmp.path()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -264,6 +267,7 @@ impl Drop for Huskd {
                 }
             }
         }
+        plugind::stop(&plugind::socket_in(self.tmp.path()));
     }
 }
 

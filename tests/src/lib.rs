@@ -23,6 +23,7 @@
 //! | [`runtime_bin`] | locating `husk-runtime` and driving any runc-compatible CLI |
 //! | [`leaks`] | cgroups, mounts and processes left behind |
 //! | [`plugin_config`] | the example plugins in a `plugins.toml` |
+//! | [`plugind`] | the plugin service: a socket per instance, stopped with it |
 //! | [`command`] | running commands with timeouts and readable failures |
 //! | [`host`] | root checks, `SKIP:` messages, finding host tools |
 //! | [`http_poll`] | an HTTP poller inside a network namespace |
@@ -42,6 +43,7 @@ pub mod ids;
 pub mod image;
 pub mod leaks;
 pub mod plugin_config;
+pub mod plugind;
 pub mod runtime_bin;
 pub mod stats;
 

@@ -1,5 +1,7 @@
-//! Capabilities an operator grants a plugin, and the WASI context they give.
+//! The WASI context a plugin's grants give it.
 //!
+//! The grants themselves (`grants = [...]` in the config) are parsed by
+//! `husk_plugin_client::grants`; this is what they mean inside the host.
 //! The default grant is none. A plugin without grants still links against
 //! every WASI 0.2 interface (language runtimes import them), but:
 //!
@@ -19,73 +21,24 @@
 //! | `network` | TCP, UDP and name lookups to any address |
 //! | `fs:/host/dir:ro`, `fs:/host/dir:rw` | that directory, at the same path in the guest |
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use rand::SeedableRng;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, WasiCtx};
 
+pub use husk_plugin_client::grants::{FsGrant, Grants};
+
 use crate::Error;
 
-/// A directory granted to a plugin.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FsGrant {
-    pub path: PathBuf,
-    pub read_only: bool,
-}
-
-/// What a plugin may reach beyond its own memory.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Grants {
-    pub store: bool,
-    pub clock: bool,
-    pub random: bool,
-    pub network: bool,
-    pub fs: Vec<FsGrant>,
-}
-
-impl Grants {
-    /// Parses the config's `grants = [...]` list.
-    pub fn parse(plugin: &str, items: &[String]) -> Result<Self, Error> {
-        let mut g = Grants::default();
-        for item in items {
-            let bad = |detail: &str| Error::Grant {
-                plugin: plugin.to_owned(),
-                grant: item.clone(),
-                detail: detail.to_owned(),
-            };
-            match item.as_str() {
-                "store" => g.store = true,
-                "clock" => g.clock = true,
-                "random" => g.random = true,
-                "network" => g.network = true,
-                other => {
-                    let Some(rest) = other.strip_prefix("fs:") else {
-                        return Err(bad(
-                            "unknown grant; use store, clock, random, network or fs:/dir:ro|rw",
-                        ));
-                    };
-                    let (path, read_only) = if let Some(p) = rest.strip_suffix(":ro") {
-                        (p, true)
-                    } else if let Some(p) = rest.strip_suffix(":rw") {
-                        (p, false)
-                    } else {
-                        (rest, true)
-                    };
-                    let path = PathBuf::from(path);
-                    if !path.is_absolute() {
-                        return Err(bad("the directory must be an absolute host path"));
-                    }
-                    g.fs.push(FsGrant { path, read_only });
-                }
-            }
-        }
-        Ok(g)
-    }
-
+/// The WASI side of [`Grants`].
+pub trait WasiGrants {
     /// The WASI context for one call. `stderr` collects the plugin's stderr.
-    pub fn wasi_ctx(&self, plugin: &str, stderr: &MemoryOutputPipe) -> Result<WasiCtx, Error> {
+    fn wasi_ctx(&self, plugin: &str, stderr: &MemoryOutputPipe) -> Result<WasiCtx, Error>;
+}
+
+impl WasiGrants for Grants {
+    fn wasi_ctx(&self, plugin: &str, stderr: &MemoryOutputPipe) -> Result<WasiCtx, Error> {
         let mut b = WasiCtx::builder();
         b.stderr(stderr.clone());
         if !self.clock {

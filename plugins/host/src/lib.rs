@@ -2,9 +2,14 @@
 //!
 //! Plugins are WebAssembly components built against the WIT package
 //! `husk:plugin@0.1.0` (the repository's `wit/`), or, for trusted operators,
-//! native shared libraries with a small C ABI (see [`native`]). The shim calls
-//! [`PluginHost::on_create`] before it creates anything, and
-//! [`PluginHost::on_start`] / [`PluginHost::on_exit`] as the container runs.
+//! native shared libraries with a small C ABI (see [`native`]). The host's
+//! [`PluginHost::on_create`] runs before a container is created, and
+//! [`PluginHost::on_start`] / [`PluginHost::on_exit`] as it runs. Shims do
+//! not host plugins: the plugin service `husk-plugind` ([`service`]) does,
+//! for every shim of the node, and a shim asks it over a unix socket
+//! ([`protocol`], [`client`]). Those two, the [`config`] and the
+//! [`endpoint`] come from the crate `husk-plugin-client` (re-exported
+//! here), which is all a shim links: no wasmtime.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), husk_plugins::Error> {
@@ -22,7 +27,7 @@
 //! | module | concept |
 //! | --- | --- |
 //! | [`bindings`] | the WIT types and the generated component bindings |
-//! | [`config`] | the operator's TOML config: plugins, hooks, limits, grants |
+//! | [`config`] | the operator's TOML config: plugins, hooks, limits, grants (`husk-plugin-client`) |
 //! | [`engine`] | the wasmtime engine: pooling allocator, epoch interruption |
 //! | [`cache`] | ahead-of-time compilation cached on disk by content hash + engine |
 //! | [`limits`] | time limits (the epoch ticker) and memory caps |
@@ -34,12 +39,12 @@
 //! | [`mutation`] | applying a policy's edits to the spec, and re-validating |
 //! | [`registry`] | the loaded plugins in order; running hooks; verdicts; audit |
 //! | [`reload`] | hot reload on SIGHUP or config change |
+//! | [`service`] | `husk-plugind`: warm hosts per config, serving the [`protocol`] |
+//! | [`protocol`], [`endpoint`], [`client`] | the service's wire format, socket and client (`husk-plugin-client`) |
 
 pub mod bindings;
 pub mod cache;
-pub mod config;
 pub mod engine;
-mod error;
 pub mod grants;
 pub mod kv;
 pub mod limits;
@@ -47,13 +52,14 @@ pub mod mutation;
 pub mod native;
 pub mod registry;
 pub mod reload;
+pub mod service;
 pub mod view;
 pub mod wasm;
 
 pub use bindings::{
     ContainerView, Edit, ExitEvent, ExitStatus, KeyValue, StartEvent, Timestamp, Verdict,
 };
-pub use config::{HostConfig, Mode, OnError, PluginConfig};
-pub use error::{Error, HookFailure};
+pub use husk_plugin_client::{client, config, endpoint, protocol};
+pub use husk_plugin_client::{Error, HookFailure, HostConfig, Mode, OnError, PluginConfig};
 pub use registry::{Decision, Denial, HookReport, Outcome, PluginHost};
 pub use view::ContainerContext;

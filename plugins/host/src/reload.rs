@@ -55,9 +55,11 @@ impl Drop for Watcher {
     }
 }
 
-type Stamp = Vec<Option<(u64, i64, i64, u64)>>;
+/// Size, mtime and inode of each watched file (`None`: missing).
+pub(crate) type Stamp = Vec<Option<(u64, i64, i64, u64)>>;
 
-fn watched_files(host: &PluginHost) -> Vec<PathBuf> {
+/// The config file and every plugin file it names.
+pub(crate) fn watched_files(host: &PluginHost) -> Vec<PathBuf> {
     let reg = host.registry();
     reg.config
         .source
@@ -67,7 +69,7 @@ fn watched_files(host: &PluginHost) -> Vec<PathBuf> {
         .collect()
 }
 
-fn stamp(files: &[PathBuf]) -> Stamp {
+pub(crate) fn stamp(files: &[PathBuf]) -> Stamp {
     files
         .iter()
         .map(|f| {

@@ -24,6 +24,7 @@ use crate::bindings::{
 };
 use crate::cache::CompileCache;
 use crate::config::{Hook, PluginConfig};
+use crate::grants::WasiGrants;
 use crate::kv::KvStore;
 use crate::limits::{deadline_ticks, EpochTicker, MemoryCap, MemoryCapExceeded};
 use crate::{Error, HookFailure};

@@ -1,23 +1,28 @@
-//! Plugin hooks in the shim: the operator's policy and lifecycle plugins
-//! (`husk-plugins`) run at create (before anything exists), start and exit.
+//! Plugin hooks for the shim: the operator's policy and lifecycle plugins
+//! run at create (before anything exists), start and exit, in the plugin
+//! service `husk-plugind` (crate husk-plugins), not in the shim: the shim
+//! links no wasmtime, only `husk-plugin-client`, and asks the service over
+//! its socket, starting the service when nothing serves there.
 //!
 //! Which config applies to a container: the path in the task's runtime
 //! options (`runtimeoptions.v1.Options.config_path`, which containerd's CRI
 //! `options = { ConfigPath = ... }`, `ctr run --runtime-config-path` and
 //! huskd all send), else `$HUSK_PLUGIN_CONFIG`, else
-//! `/etc/husk/plugins.toml` when it exists. No config: no plugins, and
-//! wasmtime is never touched.
+//! `/etc/husk/plugins.toml` when it exists. No config: no plugins, and the
+//! service is never asked.
+//!
+//! When the service cannot be reached or dies during a create, the config's
+//! on-error policy decides: the create fails (fail closed) unless every
+//! plugin that may run at create has `on-error = "allow"` or is in audit
+//! mode.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use husk_plugins::{
-    mutation, ContainerContext, ExitEvent, ExitStatus, KeyValue, Outcome, PluginHost, StartEvent,
-    Timestamp,
-};
-use oci_spec::runtime::Spec;
+use husk_plugin_client::client::{Client, ClientError};
+use husk_plugin_client::config::{Hook, HostConfig, Mode, OnError};
+use husk_plugin_client::protocol::{CreateRequest, Exited, Op, Reply, Report, Started};
 use protobuf::well_known_types::any::Any;
 use serde::Serialize;
 
@@ -27,9 +32,10 @@ use crate::Profile;
 
 pub const DEFAULT_CONFIG: &str = "/etc/husk/plugins.toml";
 pub const CONFIG_ENV: &str = "HUSK_PLUGIN_CONFIG";
-/// A config the shim daemon loads in the background as it starts, so the
-/// first Create finds the plugins ready (huskd sets it; `start` sets it
-/// from the runtime options containerd writes on its stdin).
+/// A config the shim asks the plugin service to load as the shim starts,
+/// so the first Create finds the service running and the plugins ready
+/// (huskd sets it; `start` sets it from the runtime options containerd
+/// writes on its stdin).
 pub const PRELOAD_ENV: &str = "HUSK_PLUGIN_PRELOAD";
 /// containerd's generic runtime options (`runtimeoptions.v1.Options`).
 const RUNTIME_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
@@ -92,19 +98,20 @@ pub fn config_in_start_options(bytes: &[u8]) -> Option<PathBuf> {
     runtime_options_config_path(&any).ok().flatten()
 }
 
-/// Starts loading the config named by `$HUSK_PLUGIN_PRELOAD`, if any: the
-/// engine and the compiled plugins are ready before Create asks for them
-/// (a Create that comes first waits for the load rather than repeating it).
+/// Asks the plugin service to load the config named by
+/// `$HUSK_PLUGIN_PRELOAD`, if any, starting the service if nothing serves:
+/// by the first Create, the service runs and has the plugins ready. Fire
+/// and forget, off the caller's thread.
 pub fn preload(plugins: &Arc<Plugins>) {
     let Some(config) = std::env::var_os(PRELOAD_ENV).filter(|p| !p.is_empty()) else {
         return;
     };
     let config = PathBuf::from(config);
-    let plugins = plugins.clone();
+    let client = plugins.client.clone();
     let spawned = std::thread::Builder::new()
         .name("husk-plugin-preload".into())
         .spawn(move || {
-            if let Err(e) = plugins.host(&config) {
+            if let Err(e) = client.call(Op::Preload { config }) {
                 tracing::warn!(%e, "preloading plugins");
             }
         });
@@ -113,50 +120,22 @@ pub fn preload(plugins: &Arc<Plugins>) {
     }
 }
 
-/// The plugin hosts this shim loaded, by config file. A shim serving a pod
-/// creates many containers: the host is loaded once and reloaded when its
-/// config file changes.
-#[derive(Default)]
+/// The shim's link to the plugin service, and its lifecycle hooks in
+/// flight.
 pub struct Plugins {
-    loaded: Mutex<HashMap<PathBuf, Loaded>>,
+    client: Client,
     /// Lifecycle hooks still running; Shutdown waits for them.
     hooks_running: Mutex<usize>,
     hook_done: Condvar,
 }
 
-struct Loaded {
-    host: Arc<PluginHost>,
-    modified: Option<SystemTime>,
-}
-
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
-impl Plugins {
-    /// The host for `config`, loading or reloading it as needed.
-    pub fn host(&self, config: &Path) -> Result<Arc<PluginHost>> {
-        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        let now = modified(config);
-        if let Some(l) = loaded.get_mut(config) {
-            if l.modified != now {
-                // Keeps the old plugins when the new config is broken.
-                l.host.reload().map_err(|e| plugin_error(config, e))?;
-                l.modified = now;
-                tracing::info!(config = %config.display(), "plugin config changed: reloaded");
-            }
-            return Ok(l.host.clone());
+impl Default for Plugins {
+    fn default() -> Self {
+        Plugins {
+            client: Client::from_env(),
+            hooks_running: Mutex::new(0),
+            hook_done: Condvar::new(),
         }
-        let host =
-            Arc::new(PluginHost::from_config_file(config).map_err(|e| plugin_error(config, e))?);
-        loaded.insert(
-            config.to_owned(),
-            Loaded {
-                host: host.clone(),
-                modified: now,
-            },
-        );
-        Ok(host)
     }
 }
 
@@ -184,21 +163,11 @@ impl Plugins {
     }
 }
 
-fn plugin_error(config: &Path, e: husk_plugins::Error) -> ShimError {
-    ShimError::InvalidArgument(format!("plugin config {}: {e}", config.display()))
-}
-
 /// What was decided about a container, kept in its bundle.
 #[derive(Debug, Default, Serialize)]
-struct DecisionRecord {
-    edits: Vec<PluginNote>,
-    audit_denials: Vec<PluginNote>,
-}
-
-#[derive(Debug, Serialize)]
-struct PluginNote {
-    plugin: String,
-    note: String,
+struct DecisionRecord<'a> {
+    edits: &'a [husk_plugin_client::protocol::Note],
+    audit_denials: &'a [husk_plugin_client::protocol::Note],
 }
 
 /// The runtime name plugins see for this shim binary.
@@ -209,33 +178,68 @@ fn runtime_name(profile: Profile) -> &'static str {
     }
 }
 
-/// Runs the create hooks on `spec`: a denial is an error naming the plugin
-/// and its reason; edits are applied to `spec` (already validated again by
-/// the host).
-pub fn on_create(
-    host: &PluginHost,
-    id: &str,
-    spec: &mut Spec,
-    profile: Profile,
-    bundle: &Path,
-) -> Result<()> {
-    let ctx = ContainerContext {
-        runtime: runtime_name(profile).into(),
-        hardened: profile == Profile::Hardened,
-        ..Default::default()
-    };
-    let decision = host.on_create_spec(id, spec, &ctx);
-    for r in &decision.reports {
-        match &r.outcome {
-            Outcome::Failed { .. } => {
-                tracing::warn!(container = id, plugin = r.plugin, outcome = ?r.outcome, "plugin failed")
-            }
-            _ => {
-                tracing::debug!(container = id, plugin = r.plugin, us = r.elapsed.as_micros() as u64, outcome = ?r.outcome, "create hook")
-            }
+fn log_reports(id: &str, reports: &[Report]) {
+    for r in reports {
+        if r.failed {
+            tracing::warn!(
+                container = id,
+                plugin = r.plugin,
+                hook = r.hook,
+                outcome = r.outcome,
+                "plugin failed"
+            );
+        } else {
+            tracing::debug!(
+                container = id,
+                plugin = r.plugin,
+                hook = r.hook,
+                us = r.elapsed_us,
+                outcome = r.outcome,
+                "plugin hook"
+            );
         }
     }
-    if let Some(denial) = decision.denial() {
+}
+
+/// Runs the create hooks of `config` on the bundle's spec, through the
+/// plugin service: a denial is an error naming the plugin and its reason;
+/// edits are written back to `config.json` (validated again by the
+/// service), and edits and audit would-denies to `husk-policy.json`.
+pub fn on_create(
+    plugins: &Plugins,
+    config: PathBuf,
+    id: &str,
+    profile: Profile,
+    bundle: &Path,
+) -> Result<Binding> {
+    let spec_path = bundle.join("config.json");
+    let spec_json = std::fs::read_to_string(&spec_path).map_err(|e| {
+        ShimError::InvalidArgument(format!(
+            "cannot read {}: {e}; is this an OCI bundle directory?",
+            spec_path.display()
+        ))
+    })?;
+    let request = CreateRequest {
+        config: config.clone(),
+        id: id.into(),
+        spec_json,
+        runtime: runtime_name(profile).into(),
+        hardened: profile == Profile::Hardened,
+    };
+    let reply = match plugins.client.call(Op::Create(request)) {
+        Ok(Reply::Created(reply)) => reply,
+        Ok(other) => {
+            return Err(ShimError::Internal(format!(
+                "husk-plugind answered a create with {other:?}; restart husk-plugind"
+            )))
+        }
+        Err(ClientError::Service(e)) => {
+            return Err(ShimError::InvalidArgument(e.message));
+        }
+        Err(e) => return unavailable(config, id, &spec_path, &e),
+    };
+    log_reports(id, &reply.reports);
+    if let Some(denial) = &reply.denial {
         tracing::warn!(
             container = id,
             plugin = denial.plugin,
@@ -244,147 +248,148 @@ pub fn on_create(
         );
         return Err(ShimError::Denied(denial.to_string()));
     }
-    let record = DecisionRecord {
-        edits: decision
-            .edits
-            .iter()
-            .map(|(plugin, edit)| PluginNote {
-                plugin: plugin.clone(),
-                note: mutation::describe(edit),
-            })
-            .collect(),
-        audit_denials: decision
-            .audit_denials()
-            .into_iter()
-            .map(|(plugin, reason)| {
-                tracing::warn!(container = id, plugin, reason, "audit: would deny");
-                PluginNote {
-                    plugin: plugin.into(),
-                    note: reason.into(),
-                }
-            })
-            .collect(),
-    };
-    if !record.edits.is_empty() || !record.audit_denials.is_empty() {
+    for n in &reply.audit_denials {
+        tracing::warn!(
+            container = id,
+            plugin = n.plugin,
+            reason = n.note,
+            "audit: would deny"
+        );
+    }
+    if !reply.edits.is_empty() || !reply.audit_denials.is_empty() {
         let path = bundle.join(DECISION_FILE);
+        let record = DecisionRecord {
+            edits: &reply.edits,
+            audit_denials: &reply.audit_denials,
+        };
         let json = serde_json::to_vec_pretty(&record).expect("the record serializes");
         std::fs::write(&path, json)
             .map_err(ShimError::io(format!("writing {}", path.display())))?;
     }
-    if let Some(edited) = decision.spec {
-        *spec = edited;
+    if let Some(edited) = &reply.spec_json {
+        husk_runtime::state::write_atomic(&spec_path, edited.as_bytes())?;
     }
-    Ok(())
+    Ok(Binding {
+        config,
+        annotations: reply.annotations,
+        started_at: None,
+        exit_before_start: None,
+    })
 }
 
-fn timestamp(t: SystemTime) -> Timestamp {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    Timestamp {
-        seconds: d.as_secs(),
-        nanoseconds: d.subsec_nanos(),
+/// The service could not be used for a create: the config's on-error
+/// policy decides whether the container goes ahead without its plugins.
+fn unavailable(config: PathBuf, id: &str, spec_path: &Path, e: &ClientError) -> Result<Binding> {
+    let denies = match HostConfig::load(&config) {
+        Err(load) => Some(format!(
+            "the plugin config cannot be read either to apply its on-error policy ({load})"
+        )),
+        Ok(c) => c
+            .plugins
+            .iter()
+            .find(|p| {
+                p.wants(Hook::Create) && p.mode == Mode::Enforce && p.on_error == OnError::Deny
+            })
+            .map(|p| {
+                format!(
+                    "plugin {} of {} fails closed (on-error = \"deny\")",
+                    p.name,
+                    config.display()
+                )
+            }),
+    };
+    if let Some(why) = denies {
+        tracing::error!(container = id, error = %e, "plugin service unavailable: denying");
+        return Err(ShimError::Denied(format!(
+            "container {id} not created: {why}, and {e}"
+        )));
     }
-}
-
-fn annotations(spec: &Spec) -> Vec<KeyValue> {
-    let mut out: Vec<KeyValue> = spec
+    tracing::warn!(container = id, error = %e,
+        "plugin service unavailable; every create plugin of the config allows on error: created without plugins");
+    let text = std::fs::read(spec_path)
+        .map_err(ShimError::io(format!("reading {}", spec_path.display())))?;
+    let spec = husk_runtime::spec::parse(&text).map_err(|reason| {
+        ShimError::InvalidArgument(format!("{}: {reason}", spec_path.display()))
+    })?;
+    let mut annotations: Vec<(String, String)> = spec
         .annotations()
         .iter()
         .flatten()
-        .map(|(k, v)| KeyValue {
-            key: k.clone(),
-            value: v.clone(),
-        })
+        .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    out.sort_by(|a, b| a.key.cmp(&b.key));
-    out
+    annotations.sort();
+    Ok(Binding {
+        config,
+        annotations,
+        started_at: None,
+        exit_before_start: None,
+    })
 }
 
-/// What the lifecycle hooks need to know about a container, kept with it.
+/// What the lifecycle hooks need to know about a container, kept with it
+/// (and handed over by a live swap).
 #[derive(Debug, Clone, Default, serde::Deserialize, Serialize)]
 pub struct Binding {
     pub config: PathBuf,
     pub annotations: Vec<(String, String)>,
     /// When Start returned; `None` before.
     pub started_at: Option<SystemTime>,
+    /// The init exited before Start returned (with this OOM flag): the
+    /// exit hook runs after the start hook, once Start returns.
+    #[serde(default)]
+    pub exit_before_start: Option<bool>,
 }
 
 impl Binding {
-    pub fn new(config: PathBuf, spec: &Spec) -> Binding {
-        Binding {
-            config,
-            annotations: annotations(spec)
-                .into_iter()
-                .map(|kv| (kv.key, kv.value))
-                .collect(),
-            started_at: None,
+    pub fn start_op(&self, id: &str, pid: i32) -> Op {
+        Op::Start {
+            config: self.config.clone(),
+            event: Started {
+                id: id.into(),
+                pid: pid as u32,
+                started_at: self.started_at.unwrap_or_else(SystemTime::now),
+                annotations: self.annotations.clone(),
+            },
         }
     }
 
-    fn annotations(&self) -> Vec<KeyValue> {
-        self.annotations
-            .iter()
-            .map(|(k, v)| KeyValue {
-                key: k.clone(),
-                value: v.clone(),
-            })
-            .collect()
-    }
-
-    pub fn start_event(&self, id: &str, pid: i32) -> StartEvent {
-        StartEvent {
-            id: id.into(),
-            pid: pid as u32,
-            started_at: timestamp(self.started_at.unwrap_or_else(SystemTime::now)),
-            annotations: self.annotations(),
-        }
-    }
-
-    pub fn exit_event(&self, id: &str, pid: i32, exit: &ExitRecord, oom_killed: bool) -> ExitEvent {
+    pub fn exit_op(&self, id: &str, pid: i32, exit: &ExitRecord, oom_killed: bool) -> Op {
         let exited_at =
             UNIX_EPOCH + Duration::new(exit.at_secs.max(0) as u64, exit.at_nanos.max(0) as u32);
-        let started_at = self.started_at.unwrap_or(exited_at);
-        ExitEvent {
-            id: id.into(),
-            pid: pid as u32,
-            status: exit_status(exit.status),
-            oom_killed,
-            started_at: timestamp(started_at),
-            exited_at: timestamp(exited_at),
-            duration_ms: exited_at
-                .duration_since(started_at)
-                .unwrap_or_default()
-                .as_millis() as u64,
-            annotations: self.annotations(),
+        Op::Exit {
+            config: self.config.clone(),
+            event: Exited {
+                id: id.into(),
+                pid: pid as u32,
+                status: exit.status,
+                oom_killed,
+                started_at: self.started_at.unwrap_or(exited_at),
+                exited_at,
+                annotations: self.annotations.clone(),
+            },
         }
     }
 }
 
-/// containerd's exit status (code, or 128 + signal) as the WIT variant.
-fn exit_status(status: u32) -> ExitStatus {
-    match status {
-        129..=192 => ExitStatus::Signal(status - 128),
-        code => ExitStatus::Code(code as i32),
-    }
-}
-
-/// Runs a lifecycle hook off the caller's thread: a slow plugin (bounded
-/// by its time limit) never holds up the task it observes.
-pub fn notify(
-    plugins: &Arc<Plugins>,
-    config: PathBuf,
-    call: impl FnOnce(&PluginHost) + Send + 'static,
-) {
+/// Runs lifecycle hooks (`ops`, from [`Binding::start_op`] and
+/// [`Binding::exit_op`], in order) off the caller's thread: a slow plugin
+/// (bounded by its time limit) never holds up the task it observes.
+pub fn notify(plugins: &Arc<Plugins>, id: &str, ops: Vec<Op>) {
     *plugins
         .hooks_running
         .lock()
         .unwrap_or_else(|p| p.into_inner()) += 1;
     let running = plugins.clone();
+    let id = id.to_owned();
     let spawned = std::thread::Builder::new()
         .name("husk-plugin-hook".into())
         .spawn(move || {
-            match running.host(&config) {
-                Ok(host) => call(&host),
-                Err(e) => tracing::warn!(%e, "lifecycle hook skipped"),
+            for op in ops {
+                match running.client.call(op) {
+                    Ok(Reply::Notified { reports }) => log_reports(&id, &reports),
+                    Ok(other) => tracing::warn!(?other, "unexpected reply to a lifecycle hook"),
+                    Err(e) => tracing::warn!(container = id, %e, "lifecycle hook skipped"),
+                }
             }
             running.hook_finished();
         });
@@ -478,17 +483,70 @@ mod tests {
         assert!(e.contains("runtimeoptions.v1.Options"), "{e}");
     }
 
+    /// A shim whose plugin service cannot be started (no binary).
+    fn without_a_service(dir: &Path) -> Plugins {
+        Plugins {
+            client: Client {
+                socket: dir.join("plugind/plugind.sock"),
+                binary: dir.join("no-such-husk-plugind"),
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_unreachable_service_fails_closed_unless_every_create_plugin_allows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bundle = tmp.path().join("bundle");
+        std::fs::create_dir(&bundle).unwrap();
+        let mut spec = husk_runtime::spec::default_spec(false);
+        spec.set_annotations(Some(
+            [
+                ("b".to_string(), "2".to_string()),
+                ("a".to_string(), "1".to_string()),
+            ]
+            .into(),
+        ));
+        std::fs::write(
+            bundle.join("config.json"),
+            serde_json::to_vec(&spec).unwrap(),
+        )
+        .unwrap();
+        let plugins = without_a_service(tmp.path());
+        let create = |toml: &str| {
+            let config = tmp.path().join("plugins.toml");
+            std::fs::write(&config, toml).unwrap();
+            on_create(&plugins, config, "c1", Profile::Native, &bundle)
+        };
+        let plugin = "[[plugin]]\nname = \"gate\"\npath = \"gate.wasm\"\n";
+        let e = create(plugin).unwrap_err();
+        assert_eq!(e.code(), ttrpc::Code::PERMISSION_DENIED);
+        let e = e.to_string();
+        assert!(e.contains("husk-plugind cannot be started"), "{e}");
+        assert!(e.contains("no-such-husk-plugind"), "{e}");
+        assert!(e.contains("plugin gate"), "{e}");
+        assert!(e.contains("fails closed"), "{e}");
+        for allowing in [
+            format!("{plugin}on-error = \"allow\"\n"),
+            format!("{plugin}mode = \"audit\"\n"),
+            format!("{plugin}hooks = [\"start\", \"exit\"]\n"),
+            "[defaults]\non-error = \"allow\"\n".to_string() + plugin,
+        ] {
+            let b = create(&allowing).unwrap_or_else(|e| panic!("{allowing}: {e}"));
+            assert_eq!(
+                b.annotations,
+                vec![("a".into(), "1".into()), ("b".into(), "2".into())]
+            );
+        }
+        let e = create("not toml [").unwrap_err().to_string();
+        assert!(e.contains("cannot be read either"), "{e}");
+        assert!(e.contains("husk-plugind"), "{e}");
+    }
+
     #[test]
     fn a_missing_config_from_the_options_is_refused() {
         let any = runtime_options(Path::new("/nonexistent/husk/plugins.toml"));
         let e = config_path(Some(&any)).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/husk/plugins.toml"), "{e}");
-    }
-
-    #[test]
-    fn exit_statuses() {
-        assert_eq!(exit_status(0), ExitStatus::Code(0));
-        assert_eq!(exit_status(3), ExitStatus::Code(3));
-        assert_eq!(exit_status(137), ExitStatus::Signal(9));
     }
 }

@@ -32,7 +32,7 @@ pub struct Shim {
     pub state: Mutex<ShimState>,
     pub runtime: Runtime,
     pub events: Publisher,
-    /// Plugin hosts, loaded on the first Create that names a config.
+    /// The plugin service's client, and lifecycle hooks in flight.
     pub plugins: Arc<Plugins>,
     /// Woken on every recorded exit (Wait).
     pub exited: tokio::sync::Notify,
@@ -120,11 +120,14 @@ impl Shim {
                     });
                 }
             }
-            if let Some(b) = c.plugins.as_ref().filter(|b| b.started_at.is_some()) {
-                let event = b.exit_event(&r.container, r.pid, &r.exit, oom_killed);
-                plugins::notify(&self.plugins, b.config.clone(), move |host| {
-                    host.on_exit(&event);
-                });
+            if let Some(b) = c.plugins.as_mut() {
+                if b.started_at.is_some() {
+                    let op = b.exit_op(&r.container, r.pid, &r.exit, oom_killed);
+                    plugins::notify(&self.plugins, &r.container, vec![op]);
+                } else {
+                    // Start has not returned yet: its hook goes first.
+                    b.exit_before_start = Some(oom_killed);
+                }
             }
         }
         let p = if r.exec_id.is_empty() {
@@ -187,16 +190,7 @@ fn prepare_spec(
     let Some(config) = plugin_config else {
         return Ok(None);
     };
-    let host = shim.plugins.host(&config)?;
-    let mut spec = husk_runtime::spec::load(bundle)?;
-    let original = spec.clone();
-    plugins::on_create(&host, id, &mut spec, profile, bundle)?;
-    if spec != original {
-        let json = serde_json::to_vec(&spec)
-            .map_err(|e| ShimError::Internal(format!("serializing the edited spec: {e}")))?;
-        husk_runtime::state::write_atomic(&bundle.join("config.json"), &json)?;
-    }
-    Ok(Some(plugins::Binding::new(config, &spec)))
+    plugins::on_create(&shim.plugins, config, id, profile, bundle).map(Some)
 }
 
 fn need(field: &str, value: &str) -> Result<()> {
@@ -358,10 +352,11 @@ impl TaskService {
         let pid = c.init.pid;
         if let Some(b) = c.plugins.as_mut() {
             b.started_at = Some(std::time::SystemTime::now());
-            let event = b.start_event(id, pid);
-            plugins::notify(&self.shim.plugins, b.config.clone(), move |host| {
-                host.on_start(&event);
-            });
+            let mut ops = vec![b.start_op(id, pid)];
+            if let (Some(oom_killed), Some(exit)) = (b.exit_before_start.take(), &c.init.exit) {
+                ops.push(b.exit_op(id, pid, exit, oom_killed));
+            }
+            plugins::notify(&self.shim.plugins, id, ops);
         }
         self.shim.events.task_start(ev::TaskStart {
             container_id: id.into(),

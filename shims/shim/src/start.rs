@@ -189,7 +189,7 @@ fn write_bundle_file(bundle: &Path, name: &str, contents: &str) -> Result<()> {
 /// containerd 1.6 writes the runtime options (a protobuf `Any`) on
 /// `start`'s stdin, 2.3+ a `BootstrapParams`; others give /dev/null. Read
 /// it so the writer never blocks; the options may name the plugin config
-/// the daemon can load before the first Create.
+/// the daemon asks the plugin service to load before the first Create.
 fn drain_bootstrap_params() -> Vec<u8> {
     // SAFETY: fd 0 is borrowed only for these calls.
     let stdin = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };

@@ -1,0 +1,256 @@
+//! A client of the plugin service (`husk-plugind`), as the shim uses it.
+//!
+//! [`Client::call`] connects to the service's socket; when no daemon
+//! listens there it starts one (the `husk-plugind` binary beside the
+//! calling executable, or `$HUSK_PLUGIND`), holding the lock file beside
+//! the socket so that concurrent callers start only one, and connects as
+//! soon as it serves. Each call is one connection: write a request, read
+//! the reply.
+//!
+//! A call that cannot reach the service, or whose connection ends before
+//! the reply, is a [`ClientError`] for which [`ClientError::is_unavailable`]
+//! holds: the caller applies its plugin config's on-error policy. A request
+//! the service refuses (a config that does not load, a spec that does not
+//! parse) is [`ClientError::Service`].
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::endpoint;
+use crate::protocol::{self, Op, Reply, Request, ServiceError};
+
+/// The daemon binary to start (default: `husk-plugind` beside the caller's
+/// own executable).
+pub const BINARY_ENV: &str = "HUSK_PLUGIND";
+pub const BINARY_NAME: &str = "husk-plugind";
+
+/// How long a started daemon has to serve its socket.
+const START_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a call may wait for its reply: a config that loads for the
+/// first time compiles what its cache lacks.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "the plugin service husk-plugind cannot be started from {}: {source}; install \
+         husk-plugind beside the shim or set ${BINARY_ENV} to its path",
+        binary.display()
+    )]
+    Spawn {
+        binary: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the plugin service husk-plugind ({}) did not serve {} {why}; see its log {}",
+        binary.display(), socket.display(), log.display()
+    )]
+    NotServing {
+        binary: PathBuf,
+        socket: PathBuf,
+        log: PathBuf,
+        why: String,
+    },
+    #[error(
+        "the plugin service husk-plugind at {} cannot be reached: {detail}; check that \
+         husk-plugind is installed beside the shim (or ${BINARY_ENV}) and see its log {}",
+        socket.display(), endpoint::log_path(socket).display()
+    )]
+    Unreachable { socket: PathBuf, detail: String },
+    #[error(
+        "the plugin service husk-plugind at {} failed during the {op} call: {detail}; \
+         it may have died (see its log {}); the next call starts it again",
+        socket.display(), endpoint::log_path(socket).display()
+    )]
+    Died {
+        socket: PathBuf,
+        op: &'static str,
+        detail: String,
+    },
+    #[error("{0}")]
+    Service(ServiceError),
+}
+
+impl ClientError {
+    /// The service could not be used at all (as opposed to a request it
+    /// answered with an error).
+    pub fn is_unavailable(&self) -> bool {
+        !matches!(self, ClientError::Service(_))
+    }
+}
+
+/// A client of one service socket.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub socket: PathBuf,
+    /// The daemon binary started when nothing serves the socket.
+    pub binary: PathBuf,
+}
+
+impl Client {
+    /// The socket of `$HUSK_PLUGIND_SOCKET` (or the default), the binary
+    /// of `$HUSK_PLUGIND` (or `husk-plugind` beside this executable).
+    pub fn from_env() -> Client {
+        let binary = std::env::var_os(BINARY_ENV)
+            .filter(|b| !b.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                std::fs::read_link("/proc/self/exe")
+                    .ok()
+                    .and_then(|exe| exe.parent().map(|d| d.join(BINARY_NAME)))
+                    .unwrap_or_else(|| PathBuf::from(BINARY_NAME))
+            });
+        Client {
+            socket: endpoint::socket_from_env(),
+            binary,
+        }
+    }
+
+    /// Sends `op` and returns the service's reply (starting the service if
+    /// nothing serves its socket).
+    pub fn call(&self, op: Op) -> Result<Reply, ClientError> {
+        let name = op.name();
+        let mut stream = self.connect()?;
+        let died = |detail: String| ClientError::Died {
+            socket: self.socket.clone(),
+            op: name,
+            detail,
+        };
+        let _ = stream.set_read_timeout(Some(CALL_TIMEOUT));
+        protocol::write_frame(&mut stream, &Request::new(op))
+            .map_err(|e| died(format!("sending the request: {e}")))?;
+        let body = match protocol::read_frame(&mut stream) {
+            Ok(Some(body)) => body,
+            Ok(None) => return Err(died("the connection closed without a reply".into())),
+            Err(protocol::FrameError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(died(format!("no reply within {CALL_TIMEOUT:?}")))
+            }
+            Err(e) => return Err(died(format!("reading the reply: {e}"))),
+        };
+        match serde_json::from_slice(&body) {
+            Ok(Reply::Error(e)) => Err(ClientError::Service(e)),
+            Ok(reply) => Ok(reply),
+            Err(e) => Err(died(format!("the reply is not one this client reads: {e}"))),
+        }
+    }
+
+    /// A connection to the service, starting it if nothing serves.
+    pub fn connect(&self) -> Result<UnixStream, ClientError> {
+        match UnixStream::connect(&self.socket) {
+            Ok(s) => Ok(s),
+            Err(e) if not_served(&e) => self.start(),
+            Err(e) => Err(self.unreachable(e.to_string())),
+        }
+    }
+
+    fn unreachable(&self, detail: String) -> ClientError {
+        ClientError::Unreachable {
+            socket: self.socket.clone(),
+            detail,
+        }
+    }
+
+    /// Starts the daemon under the lock (unless another starter did
+    /// meanwhile) and connects.
+    fn start(&self) -> Result<UnixStream, ClientError> {
+        endpoint::ensure_private_dir(endpoint::dir_of(&self.socket))
+            .map_err(|e| self.unreachable(e.to_string()))?;
+        let lock_path = endpoint::lock_path(&self.socket);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| self.unreachable(format!("opening {}: {e}", lock_path.display())))?;
+        lock.lock()
+            .map_err(|e| self.unreachable(format!("locking {}: {e}", lock_path.display())))?;
+        // Whoever held the lock before may have started it.
+        match UnixStream::connect(&self.socket) {
+            Ok(s) => return Ok(s),
+            Err(e) if not_served(&e) => {}
+            Err(e) => return Err(self.unreachable(e.to_string())),
+        }
+        let log_path = endpoint::log_path(&self.socket);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&log_path)
+            .map_err(|e| self.unreachable(format!("opening {}: {e}", log_path.display())))?;
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--socket")
+            .arg(&self.socket)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        // SAFETY: only async-signal-safe system calls run between fork and
+        // exec. The daemon gets its own session, and none of the caller's
+        // descriptors (a shim's listening socket, a container's FIFOs)
+        // beyond stdio: a daemon holding them would keep them alive.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| ClientError::Spawn {
+            binary: self.binary.clone(),
+            source,
+        })?;
+        tracing::info!(pid = child.id(), socket = %self.socket.display(), "started husk-plugind");
+        let not_serving = |why: String| ClientError::NotServing {
+            binary: self.binary.clone(),
+            socket: self.socket.clone(),
+            log: log_path.clone(),
+            why,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(s) = UnixStream::connect(&self.socket) {
+                // Reaped when it exits (after its idle timeout), as long
+                // as this process lives.
+                let _ = std::thread::Builder::new()
+                    .name("husk-plugind-wait".into())
+                    .stack_size(64 << 10)
+                    .spawn(move || {
+                        let _ = child.wait();
+                    });
+                return Ok(s);
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(not_serving(format!("(it exited: {status})")));
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(not_serving(format!("within {START_TIMEOUT:?} (killed it)")));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// Nothing serves the socket: missing, or a stale file of a dead daemon.
+fn not_served(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+    )
+}

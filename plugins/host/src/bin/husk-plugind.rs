@@ -1,0 +1,76 @@
+//! `husk-plugind`: the plugin service. Runs the policy and lifecycle
+//! plugins of every shim on the node, so that no shim links wasmtime (see
+//! `husk_plugins::service`). Shims start it on demand; it exits after its
+//! idle timeout.
+//!
+//! ```text
+//! husk-plugind [--socket PATH] [--idle-timeout SECS]
+//! ```
+//!
+//! `--socket` defaults to `$HUSK_PLUGIND_SOCKET`, else
+//! `/run/husk/plugind.sock`; `--idle-timeout` to
+//! `$HUSK_PLUGIND_IDLE_TIMEOUT`, else 300 (0: never exit). Logs go to
+//! stderr (the shim that starts it appends them to `plugind.log` beside
+//! the socket), filtered by `$HUSK_PLUGIND_LOG` (default `info`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use husk_plugins::{endpoint, service};
+
+#[derive(Parser)]
+#[command(
+    name = "husk-plugind",
+    version,
+    about = "husk's plugin service: runs every shim's plugin hooks"
+)]
+struct Args {
+    /// The unix socket to serve [default: $HUSK_PLUGIND_SOCKET, else
+    /// /run/husk/plugind.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Exit after this many seconds without a request; 0: never
+    /// [default: $HUSK_PLUGIND_IDLE_TIMEOUT, else 300].
+    #[arg(long)]
+    idle_timeout: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HUSK_PLUGIND_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let idle = match args.idle_timeout {
+        Some(secs) => secs,
+        None => match std::env::var(service::IDLE_TIMEOUT_ENV) {
+            Ok(v) => match v.trim().parse() {
+                Ok(secs) => secs,
+                Err(_) => {
+                    eprintln!(
+                        "husk-plugind: ${} must be a number of seconds, not {v:?}",
+                        service::IDLE_TIMEOUT_ENV
+                    );
+                    return ExitCode::FAILURE;
+                }
+            },
+            Err(_) => service::DEFAULT_IDLE_TIMEOUT.as_secs(),
+        },
+    };
+    let options = service::Options {
+        socket: args.socket.unwrap_or_else(endpoint::socket_from_env),
+        idle_timeout: (idle > 0).then(|| Duration::from_secs(idle)),
+    };
+    match service::run(options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("husk-plugind: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,661 @@
+//! The plugin service, `husk-plugind`: one process per node runs every
+//! shim's plugin hooks, so that no shim carries wasmtime or pays for
+//! starting it (as containerd's NRI runs external plugins).
+//!
+//! It serves the [`protocol`](crate::protocol) on a root-only unix socket
+//! ([`endpoint`](crate::endpoint)) and keeps one warm [`PluginHost`] per
+//! config file, reloaded when the config or one of its plugin files
+//! changes (checked at every request, as the shim did) or on SIGHUP. A
+//! connection gets its own thread; hooks of different containers run in
+//! parallel. A bad frame gets an error reply (and, when the stream cannot
+//! be resynchronised, the connection is closed); it never stops the daemon.
+//!
+//! After `idle_timeout` without a request the daemon removes its socket,
+//! serves whatever connected before that, and exits; SIGTERM and SIGINT do
+//! the same at once. The next shim that needs it starts it again.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::bindings::{ExitEvent, ExitStatus, KeyValue, StartEvent, Timestamp};
+use crate::protocol::{
+    self, CreateReply, CreateRequest, Denial, ErrorKind, Exited, Note, Op, Reply, Report, Request,
+    Started, VersionOnly,
+};
+use crate::registry::{HookReport, Outcome};
+use crate::{endpoint, mutation, ContainerContext, Error, PluginHost};
+
+/// Exit after this long without a request (`--idle-timeout`,
+/// `$HUSK_PLUGIND_IDLE_TIMEOUT`; 0: never).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+pub const IDLE_TIMEOUT_ENV: &str = "HUSK_PLUGIND_IDLE_TIMEOUT";
+/// A connection that sends no frame for this long is closed.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to run the service.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub socket: PathBuf,
+    /// `None`: never exit for idleness.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// The service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Dir(#[from] endpoint::DirError),
+    #[error("another husk-plugind already serves {}", .0.display())]
+    AlreadyServing(PathBuf),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
+    let context = context.into();
+    move |source| StartError::Io { context, source }
+}
+
+/// Serves until idle for `idle_timeout`, or until SIGTERM/SIGINT.
+pub fn run(options: Options) -> Result<(), StartError> {
+    let socket = options.socket.clone();
+    let listener = bind(&socket)?;
+    let inode = std::fs::metadata(&socket)
+        .map_err(io_err(format!("stat {}", socket.display())))?
+        .ino();
+    let service = Arc::new(Service::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_signals(&service, &stop, &socket)?;
+    tracing::info!(socket = %socket.display(), pid = std::process::id(),
+        idle_timeout = ?options.idle_timeout, "husk-plugind serving");
+
+    loop {
+        let wait = options.idle_timeout.map(|idle| {
+            idle.saturating_sub(service.idle_for())
+                .max(Duration::from_millis(100))
+        });
+        let readable = wait_readable(&listener, wait)
+            .map_err(io_err(format!("polling {}", socket.display())))?;
+        if stop.load(Ordering::SeqCst) {
+            tracing::info!("stopping on a signal");
+            break;
+        }
+        if readable {
+            match listener.accept() {
+                Ok((stream, _)) => service.spawn_connection(stream),
+                Err(e) => tracing::warn!(error = %e, "accepting a connection"),
+            }
+        } else if let Some(idle) = options.idle_timeout {
+            if service.is_idle() && service.idle_for() >= idle {
+                tracing::info!(?idle, "no request for the idle timeout: exiting");
+                break;
+            }
+        }
+    }
+    shut_down(&service, listener, &socket, inode);
+    Ok(())
+}
+
+/// Binds `socket` (0600, in a private directory), replacing a stale file
+/// that no daemon serves.
+fn bind(socket: &Path) -> Result<UnixListener, StartError> {
+    endpoint::ensure_private_dir(endpoint::dir_of(socket))?;
+    if socket.exists() {
+        if UnixStream::connect(socket).is_ok() {
+            return Err(StartError::AlreadyServing(socket.to_owned()));
+        }
+        std::fs::remove_file(socket).map_err(io_err(format!(
+            "removing the stale socket {}",
+            socket.display()
+        )))?;
+    }
+    // SAFETY: umask only changes this process's file creation mask; no
+    // other thread creates files yet. The socket is born 0600.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(socket);
+    // SAFETY: as above, restoring the mask.
+    unsafe { libc::umask(old) };
+    let listener = bound.map_err(io_err(format!("binding {}", socket.display())))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(io_err(format!("chmod 0600 {}", socket.display())))?;
+    Ok(listener)
+}
+
+/// SIGHUP reloads every loaded config; SIGTERM and SIGINT stop the daemon
+/// (the accept loop is woken by a connection to its own socket).
+fn watch_signals(
+    service: &Arc<Service>,
+    stop: &Arc<AtomicBool>,
+    socket: &Path,
+) -> Result<(), StartError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM])
+        .map_err(io_err("watching signals"))?;
+    let (service, stop, socket) = (Arc::clone(service), Arc::clone(stop), socket.to_owned());
+    std::thread::Builder::new()
+        .name("husk-plugind-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if sig == SIGHUP {
+                    service.reload_all();
+                    continue;
+                }
+                stop.store(true, Ordering::SeqCst);
+                let _ = UnixStream::connect(&socket);
+                return;
+            }
+        })
+        .map_err(io_err("starting the signal thread"))?;
+    Ok(())
+}
+
+/// Waits until `listener` has a connection to accept, or `timeout` passes.
+fn wait_readable(listener: &UnixListener, timeout: Option<Duration>) -> std::io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32);
+    // SAFETY: one valid pollfd that outlives the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(e);
+    }
+    Ok(n > 0)
+}
+
+/// Removes the socket (if it is still ours), serves every connection made
+/// before that, and waits for the requests in flight.
+fn shut_down(service: &Arc<Service>, listener: UnixListener, socket: &Path, inode: u64) {
+    service.closing.store(true, Ordering::SeqCst);
+    if std::fs::metadata(socket).is_ok_and(|m| m.ino() == inode) {
+        let _ = std::fs::remove_file(socket);
+    }
+    if listener.set_nonblocking(true).is_ok() {
+        while let Ok((stream, _)) = listener.accept() {
+            let _ = stream.set_nonblocking(false);
+            service.spawn_connection(stream);
+        }
+    }
+    drop(listener);
+    let deadline = Instant::now() + CONNECTION_TIMEOUT + Duration::from_secs(5);
+    while service.connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    tracing::info!("husk-plugind stopped");
+}
+
+/// The daemon's state: the hosts by config file, and what is in flight.
+#[derive(Default)]
+pub struct Service {
+    hosts: Mutex<HashMap<PathBuf, Arc<Mutex<Option<Loaded>>>>>,
+    connections: AtomicUsize,
+    in_flight: AtomicUsize,
+    last_request: Mutex<Option<Instant>>,
+    started: OnceInstant,
+    closing: AtomicBool,
+}
+
+/// When the service started (idle time counts from there before the first
+/// request).
+struct OnceInstant(Instant);
+
+impl Default for OnceInstant {
+    fn default() -> Self {
+        OnceInstant(Instant::now())
+    }
+}
+
+struct Loaded {
+    host: Arc<PluginHost>,
+    files: Vec<PathBuf>,
+    stamp: crate::reload::Stamp,
+}
+
+/// Counts something in flight for as long as it lives.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Counted(n)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Service {
+    fn idle_for(&self) -> Duration {
+        let last = self.last_request.lock().unwrap_or_else(|p| p.into_inner());
+        last.unwrap_or(self.started.0).elapsed()
+    }
+
+    fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) == 0 && self.connections.load(Ordering::SeqCst) == 0
+    }
+
+    fn spawn_connection(self: &Arc<Self>, stream: UnixStream) {
+        self.connections.fetch_add(1, Ordering::SeqCst);
+        let service = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("husk-plugind-conn".into())
+            .spawn(move || {
+                let _open = Counted(&service.connections);
+                service.serve_connection(stream);
+            });
+        if let Err(e) = spawned {
+            self.connections.fetch_sub(1, Ordering::SeqCst);
+            tracing::error!(error = %e, "cannot start a thread for a connection");
+        }
+    }
+
+    /// Serves requests on one connection until it ends or a frame is bad
+    /// beyond repair.
+    fn serve_connection(&self, mut stream: UnixStream) {
+        if let Some(refusal) = refuse_peer(&stream) {
+            tracing::warn!("{refusal}");
+            let _ =
+                protocol::write_frame(&mut stream, &Reply::error(ErrorKind::BadRequest, refusal));
+            return;
+        }
+        let _ = stream.set_read_timeout(Some(CONNECTION_TIMEOUT));
+        loop {
+            let body = match protocol::read_frame(&mut stream) {
+                Ok(Some(body)) => body,
+                Ok(None) => return,
+                Err(protocol::FrameError::Io(e)) => {
+                    tracing::debug!(error = %e, "connection ended");
+                    return;
+                }
+                Err(e @ protocol::FrameError::Truncated { .. }) => {
+                    tracing::warn!(error = %e, "bad frame");
+                    return;
+                }
+                Err(e) => {
+                    // A bad length: the stream cannot be resynchronised.
+                    tracing::warn!(error = %e, "bad frame");
+                    let _ = protocol::write_frame(
+                        &mut stream,
+                        &Reply::error(ErrorKind::BadRequest, format!("bad frame: {e}")),
+                    );
+                    return;
+                }
+            };
+            let _busy = Counted::new(&self.in_flight);
+            *self.last_request.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            let (reply, preload) = match parse_request(&body) {
+                Ok(Op::Preload { config }) => (Reply::Loading, Some(config)),
+                Ok(op) => (self.handle(op), None),
+                Err(why) => (Reply::error(ErrorKind::BadRequest, why), None),
+            };
+            if let Err(e) = protocol::write_frame(&mut stream, &reply) {
+                tracing::debug!(error = %e, "writing a reply");
+            }
+            let _ = stream.flush();
+            if let Some(config) = preload {
+                if let Err(e) = self.host(&config) {
+                    tracing::warn!(config = %config.display(), error = %e, "preloading plugins");
+                }
+            }
+            if self.closing.load(Ordering::SeqCst) {
+                return;
+            }
+        }
+    }
+
+    /// Answers one request.
+    pub fn handle(&self, op: Op) -> Reply {
+        match op {
+            Op::Preload { config } => match self.host(&config) {
+                Ok(_) => Reply::Loading,
+                Err(e) => config_error(&config, e),
+            },
+            Op::Create(req) => self.create(req),
+            Op::Start { config, event } => match self.host(&config) {
+                Ok(host) => Reply::Notified {
+                    reports: reports(&host.on_start(&start_event(&event))),
+                },
+                Err(e) => config_error(&config, e),
+            },
+            Op::Exit { config, event } => match self.host(&config) {
+                Ok(host) => Reply::Notified {
+                    reports: reports(&host.on_exit(&exit_event(&event))),
+                },
+                Err(e) => config_error(&config, e),
+            },
+        }
+    }
+
+    fn create(&self, req: CreateRequest) -> Reply {
+        let host = match self.host(&req.config) {
+            Ok(h) => h,
+            Err(e) => return config_error(&req.config, e),
+        };
+        let spec = match husk_runtime::spec::parse(req.spec_json.as_bytes()) {
+            Ok(s) => s,
+            Err(reason) => {
+                return Reply::error(
+                    ErrorKind::Spec,
+                    format!("container {}: config.json: {reason}", req.id),
+                )
+            }
+        };
+        let ctx = ContainerContext {
+            runtime: req.runtime,
+            hardened: req.hardened,
+            ..Default::default()
+        };
+        let decision = host.on_create_spec(&req.id, &spec, &ctx);
+        let edited = decision.spec.as_ref().filter(|s| **s != spec);
+        let spec_json = match edited.map(serde_json::to_string).transpose() {
+            Ok(json) => json,
+            Err(e) => {
+                return Reply::error(
+                    ErrorKind::Spec,
+                    format!("container {}: serializing the edited spec: {e}", req.id),
+                )
+            }
+        };
+        let mut annotations: Vec<(String, String)> = edited
+            .unwrap_or(&spec)
+            .annotations()
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        annotations.sort();
+        Reply::Created(CreateReply {
+            denial: decision.denial().map(|d| Denial {
+                plugin: d.plugin.clone(),
+                reason: d.reason.clone(),
+            }),
+            edits: decision
+                .edits
+                .iter()
+                .map(|(plugin, edit)| Note {
+                    plugin: plugin.clone(),
+                    note: mutation::describe(edit),
+                })
+                .collect(),
+            audit_denials: decision
+                .audit_denials()
+                .into_iter()
+                .map(|(plugin, reason)| Note {
+                    plugin: plugin.into(),
+                    note: reason.into(),
+                })
+                .collect(),
+            spec_json,
+            annotations,
+            reports: reports(&decision.reports),
+        })
+    }
+
+    /// The host for `config`: loaded on first use, reloaded when the config
+    /// or a plugin file changed since (the old plugins stay if the new set
+    /// fails to load, and the error is returned).
+    pub fn host(&self, config: &Path) -> Result<Arc<PluginHost>, Error> {
+        let slot = {
+            let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(hosts.entry(config.to_owned()).or_default())
+        };
+        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = slot.as_mut() {
+            if crate::reload::stamp(&l.files) != l.stamp {
+                l.host.reload()?;
+                l.files = crate::reload::watched_files(&l.host);
+                l.stamp = crate::reload::stamp(&l.files);
+                tracing::info!(config = %config.display(), "plugin config changed: reloaded");
+            }
+            return Ok(Arc::clone(&l.host));
+        }
+        let host = Arc::new(PluginHost::from_config_file(config)?);
+        let files = crate::reload::watched_files(&host);
+        let stamp = crate::reload::stamp(&files);
+        tracing::info!(config = %config.display(), "plugin config loaded");
+        *slot = Some(Loaded {
+            host: Arc::clone(&host),
+            files,
+            stamp,
+        });
+        Ok(host)
+    }
+
+    /// SIGHUP: every loaded config is read again.
+    pub fn reload_all(&self) {
+        let slots: Vec<_> = self
+            .hosts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect();
+        for (config, slot) in slots {
+            let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(l) = slot.as_mut() else { continue };
+            match l.host.reload() {
+                Ok(()) => {
+                    l.files = crate::reload::watched_files(&l.host);
+                    l.stamp = crate::reload::stamp(&l.files);
+                    tracing::info!(config = %config.display(), "SIGHUP: reloaded");
+                }
+                Err(e) => tracing::error!(config = %config.display(), error = %e,
+                    "SIGHUP: reload failed; keeping the current plugins"),
+            }
+        }
+    }
+}
+
+/// The request in `body`, or what is wrong with it.
+fn parse_request(body: &[u8]) -> Result<Op, String> {
+    let bad = Err;
+    match serde_json::from_slice::<VersionOnly>(body) {
+        Ok(v) if v.version != protocol::VERSION => {
+            return bad(format!(
+                "the request speaks protocol version {}, this husk-plugind speaks {}; \
+                 restart husk-plugind (stop it: the next shim starts the installed one)",
+                v.version,
+                protocol::VERSION
+            ))
+        }
+        Ok(_) => {}
+        Err(e) => {
+            return bad(format!(
+                "bad request: not a husk-plugind request (JSON with \"version\" and \"op\"): {e}"
+            ))
+        }
+    }
+    match serde_json::from_slice::<Request>(body) {
+        Ok(r) => Ok(r.op),
+        Err(e) => bad(format!("bad request: {e}")),
+    }
+}
+
+fn config_error(config: &Path, e: Error) -> Reply {
+    Reply::error(
+        ErrorKind::Config,
+        format!("plugin config {}: {e}", config.display()),
+    )
+}
+
+/// Only the daemon's own user (root) may use it, whatever the socket's mode.
+fn refuse_peer(stream: &UnixStream) -> Option<String> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which
+    // lives across the call.
+    let r = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Some(format!(
+            "refusing a connection whose credentials cannot be read: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let me = endpoint::euid();
+    (cred.uid != me).then(|| {
+        format!(
+            "refusing pid {} (uid {}): husk-plugind serves only uid {me}",
+            cred.pid, cred.uid
+        )
+    })
+}
+
+fn reports(list: &[HookReport]) -> Vec<Report> {
+    list.iter()
+        .map(|r| Report {
+            plugin: r.plugin.clone(),
+            hook: r.hook.name().into(),
+            outcome: format!("{:?}", r.outcome),
+            failed: matches!(
+                r.outcome,
+                Outcome::Failed(_) | Outcome::FailedOpen(_) | Outcome::FailedClosed(_)
+            ),
+            elapsed_us: r.elapsed.as_micros() as u64,
+        })
+        .collect()
+}
+
+fn timestamp(t: SystemTime) -> Timestamp {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    Timestamp {
+        seconds: d.as_secs(),
+        nanoseconds: d.subsec_nanos(),
+    }
+}
+
+fn key_values(list: &[(String, String)]) -> Vec<KeyValue> {
+    list.iter()
+        .map(|(k, v)| KeyValue {
+            key: k.clone(),
+            value: v.clone(),
+        })
+        .collect()
+}
+
+fn start_event(e: &Started) -> StartEvent {
+    StartEvent {
+        id: e.id.clone(),
+        pid: e.pid,
+        started_at: timestamp(e.started_at),
+        annotations: key_values(&e.annotations),
+    }
+}
+
+fn exit_event(e: &Exited) -> ExitEvent {
+    ExitEvent {
+        id: e.id.clone(),
+        pid: e.pid,
+        status: exit_status(e.status),
+        oom_killed: e.oom_killed,
+        started_at: timestamp(e.started_at),
+        exited_at: timestamp(e.exited_at),
+        duration_ms: e
+            .exited_at
+            .duration_since(e.started_at)
+            .unwrap_or_default()
+            .as_millis() as u64,
+        annotations: key_values(&e.annotations),
+    }
+}
+
+/// containerd's exit status (code, or 128 + signal) as the WIT variant.
+fn exit_status(status: u32) -> ExitStatus {
+    match status {
+        129..=192 => ExitStatus::Signal(status - 128),
+        code => ExitStatus::Code(code as i32),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_statuses() {
+        assert_eq!(exit_status(0), ExitStatus::Code(0));
+        assert_eq!(exit_status(3), ExitStatus::Code(3));
+        assert_eq!(exit_status(137), ExitStatus::Signal(9));
+    }
+
+    #[test]
+    fn exit_events_carry_the_duration() {
+        let started_at = UNIX_EPOCH + Duration::from_secs(100);
+        let e = exit_event(&Exited {
+            id: "c".into(),
+            pid: 3,
+            status: 143,
+            oom_killed: false,
+            started_at,
+            exited_at: started_at + Duration::from_millis(1500),
+            annotations: vec![("k".into(), "v".into())],
+        });
+        assert_eq!(e.duration_ms, 1500);
+        assert_eq!(e.status, ExitStatus::Signal(15));
+        assert_eq!(e.started_at.seconds, 100);
+        assert_eq!(e.annotations[0].key, "k");
+    }
+
+    #[test]
+    fn bad_requests_are_answered_not_fatal() {
+        let err = |body: &[u8]| parse_request(body).unwrap_err();
+        let e = err(b"garbage");
+        assert!(e.contains("not a husk-plugind request"), "{e}");
+        let e = err(br#"{"version": 99, "op": {"future": {}}}"#);
+        assert!(e.contains("protocol version 99"), "{e}");
+        let e = err(br#"{"version": 1, "op": {"nope": {}}}"#);
+        assert!(e.contains("bad request"), "{e}");
+        let op =
+            parse_request(br#"{"version": 1, "op": {"preload": {"config": "/p.toml"}}}"#).unwrap();
+        assert_eq!(
+            op,
+            Op::Preload {
+                config: "/p.toml".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_config_that_does_not_load_is_a_config_error() {
+        let svc = Service::default();
+        match svc.handle(Op::Preload {
+            config: "/nonexistent/husk/plugins.toml".into(),
+        }) {
+            Reply::Error(e) => {
+                assert_eq!(e.kind, ErrorKind::Config);
+                assert!(e.message.contains("/nonexistent/husk/plugins.toml"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
