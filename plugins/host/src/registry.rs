@@ -309,19 +309,37 @@ impl PluginHost {
 
     /// Runs every create hook on the container `id` with spec `spec`.
     pub fn on_create_spec(&self, id: &str, spec: &Spec, ctx: &ContainerContext) -> Decision {
-        self.on_create(&view::from_spec(id, spec, ctx))
+        // The spec goes to JSON once: the view is built from that value and
+        // edits are applied to it, without parsing `spec_json` back.
+        match serde_json::to_value(spec) {
+            Ok(value) => {
+                let view = view::build(id, &value, ctx);
+                self.create_hooks(view, Some(value), Some(spec.clone()))
+            }
+            Err(_) => self.on_create(&view::from_spec(id, spec, ctx)),
+        }
     }
 
     /// Runs every create hook, in order, on `view`. Edits are applied to the
     /// spec in `view.spec_json` (when it parses) and validated per plugin.
     pub fn on_create(&self, view: &ContainerView) -> Decision {
-        let registry = self.current.load_full();
-        let ctx = view::context_of(view);
-        let mut spec_value: Option<Value> = serde_json::from_str(&view.spec_json).ok();
-        let mut spec: Option<Spec> = spec_value
+        let spec_value: Option<Value> = serde_json::from_str(&view.spec_json).ok();
+        let spec: Option<Spec> = spec_value
             .as_ref()
             .and_then(|v| serde_json::from_value(v.clone()).ok());
-        let mut view = view.clone();
+        self.create_hooks(view.clone(), spec_value, spec)
+    }
+
+    /// The create hooks on `view`, whose spec is `spec_value` (as JSON, the
+    /// form edits are applied to) and `spec`.
+    fn create_hooks(
+        &self,
+        mut view: ContainerView,
+        mut spec_value: Option<Value>,
+        mut spec: Option<Spec>,
+    ) -> Decision {
+        let registry = self.current.load_full();
+        let ctx = view::context_of(&view);
         let mut edits = Vec::new();
         let mut reports = Vec::new();
         let mut denial = None;
