@@ -71,9 +71,26 @@ pub struct Spare {
     pub log: ShimLog,
     pid: Option<i32>,
     born: Instant,
+    /// The binary file it was started from (device, inode, mtime).
+    binary: Option<FileStamp>,
+}
+
+type FileStamp = (u64, u64, i64, i64);
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.mtime(), m.mtime_nsec()))
 }
 
 impl Spare {
+    /// Still fit to serve a container of `bin`: young, alive, and `bin`
+    /// is still the file it was started from (a shim binary replaced on
+    /// disk, as by an upgrade, is what new containers must get).
+    fn fit(&self, bin: &Path) -> bool {
+        self.born.elapsed() < MAX_AGE && self.alive() && stamp(bin) == self.binary
+    }
+
     fn alive(&self) -> bool {
         match self.pid {
             Some(pid) => {
@@ -159,7 +176,7 @@ impl Spares {
                 return None;
             }
         };
-        if spare.born.elapsed() >= MAX_AGE || !spare.alive() {
+        if !spare.fit(bin) {
             self.retire(spare);
             return None;
         }
@@ -299,6 +316,7 @@ impl Spares {
         plugin_config: Option<PathBuf>,
     ) -> std::result::Result<Spare, LaunchError> {
         let log = ShimLog::start(bundle, id)?;
+        let binary = stamp(bin);
         let address = {
             let (l, bin, id, bundle) = (
                 self.launcher.clone(),
@@ -335,6 +353,7 @@ impl Spares {
             log,
             pid,
             born: Instant::now(),
+            binary,
         };
         match info {
             Ok(_) => Ok(spare),
@@ -373,10 +392,7 @@ impl Spares {
         {
             let mut slots = self.slots.lock().unwrap();
             for (bin, slot) in slots.iter_mut() {
-                let expired = slot
-                    .spare
-                    .as_ref()
-                    .is_some_and(|s| s.born.elapsed() >= MAX_AGE || !s.alive());
+                let expired = slot.spare.as_ref().is_some_and(|s| !s.fit(bin));
                 if expired {
                     old.extend(slot.spare.take());
                 }

@@ -1,13 +1,14 @@
 //! huskd's spare shims (docs/architecture.md, "Spare shims"): the next
 //! container takes the spare (its id and shim are the spare's), a new one
 //! is started, none outlives huskd (stopped, or `kill -9`'d and
-//! restarted), and runc's shim is never spared.
+//! restarted), a spare never serves a shim binary replaced on disk since
+//! it started, and runc's shim is never spared.
 
 mod core_common;
 
 use std::time::{Duration, Instant};
 
-use core_common::{alive, Huskd, IMAGE};
+use core_common::{alive, bin_dir, Huskd, IMAGE};
 use husk_tests::require_root;
 
 fn spares(d: &Huskd) -> Vec<(String, u32, String)> {
@@ -131,4 +132,37 @@ fn no_spares_with_spare_shims_0_nor_for_runc() {
         "{now:?}"
     );
     assert_eq!(spare_dirs(&d), vec![native]);
+}
+
+#[test]
+fn a_spare_of_a_shim_binary_replaced_on_disk_is_not_used() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("containerd-shim-husk-v2");
+    std::fs::copy(bin_dir().join("containerd-shim-husk-v2"), &bin).unwrap();
+    let runtime = format!("copy={}", bin.display());
+    let d = Huskd::start_with(&["--runtime", &runtime, "--default-runtime", "copy"]);
+    d.import_busybox();
+    let (id, pid, spare_bin) = wait_spare(&d, None);
+    assert_eq!(spare_bin, bin.to_string_lossy());
+    // As an upgrade installs a shim: a new file renamed over the old one.
+    let new = tmp.path().join("containerd-shim-husk-v2.new");
+    std::fs::copy(&bin, &new).unwrap();
+    std::fs::rename(&new, &bin).unwrap();
+    let got = d
+        .husk_ok(&["run", "-d", IMAGE, "sleep", "1000"])
+        .trim()
+        .to_string();
+    assert_ne!(got, id, "the container took a spare of the replaced binary");
+    wait_dead(pid);
+    // Its shim runs the file now on disk.
+    let out = d.husk_ok(&["--format", "json", "shim", "ls"]);
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows[0]["container"], got.as_str());
+    let shim_pid = rows[0]["pid"].as_u64().unwrap();
+    let exe = std::fs::read_link(format!("/proc/{shim_pid}/exe")).unwrap();
+    assert_eq!(exe, bin, "the shim runs {}", exe.display());
+    d.husk_ok(&["rm", "-f", &got]);
+    husk_tests::leaks::assert_no_leaks(&got);
+    husk_tests::leaks::assert_no_leaks(&id);
 }
