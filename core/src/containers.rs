@@ -336,6 +336,15 @@ impl Manager {
             tracing::debug!(id = %id, ms = t0.elapsed().as_secs_f64() * 1e3, "create: {what}");
         };
         lap("image looked up, record saved");
+        // A spare shim (serving already, its log read from this bundle) is
+        // the container's from here on: a failure below shuts it down
+        // with the rest (`force_cleanup`).
+        let spare_client = spare.map(|s| {
+            *c.shim_log.lock().unwrap() = Some(s.log);
+            *c.client.lock().unwrap() = Some(s.client.clone());
+            c.rec.lock().unwrap().shim_address = Some(s.address);
+            s.client
+        });
         {
             let images = self.images.clone();
             let (image, id2, rootfs2) = (rec.image.clone(), id.clone(), rootfs.clone());
@@ -388,14 +397,10 @@ impl Manager {
         logs::make_fifos(&bundle, rec.params.stdin)?;
         let sink = LogSink::start(&bundle, &log_path(&self.layout, &id))?;
         *c.log.lock().unwrap() = Some(sink);
-        let client = match spare {
-            Some(s) => {
-                // Serving already, with its log read from this bundle.
-                *c.shim_log.lock().unwrap() = Some(s.log);
-                *c.client.lock().unwrap() = Some(s.client.clone());
-                c.rec.lock().unwrap().shim_address = Some(s.address);
+        let client = match spare_client {
+            Some(client) => {
                 lap("bundle written; spare shim taken");
-                s.client
+                client
             }
             None => {
                 *c.shim_log.lock().unwrap() = Some(logs::ShimLog::start(&bundle, &id)?);

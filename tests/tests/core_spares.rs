@@ -166,3 +166,20 @@ fn a_spare_of_a_shim_binary_replaced_on_disk_is_not_used() {
     husk_tests::leaks::assert_no_leaks(&got);
     husk_tests::leaks::assert_no_leaks(&id);
 }
+
+#[test]
+fn a_create_that_fails_after_taking_the_spare_shuts_it_down() {
+    require_root!();
+    let d = Huskd::start();
+    d.import_busybox();
+    let (id, pid, _) = wait_spare(&d, None);
+    // The user is looked up in the mounted rootfs, after the spare was
+    // taken: the create fails there.
+    let out = d.husk(&["run", "--rm", "--user", "nosuchuser", IMAGE, "true"]);
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nosuchuser"));
+    wait_dead(pid);
+    assert!(!d.bundle(&id).exists());
+    assert_eq!(d.husk_ok(&["ps", "-a", "--format", "json"]).trim(), "[]");
+    husk_tests::leaks::assert_no_leaks(&id);
+}
