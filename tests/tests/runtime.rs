@@ -293,7 +293,26 @@ fn user_namespace_root_is_unprivileged_on_the_host() {
     let mut bundle = Bundle::busybox(&["sh", "-c", "id -u; cat /proc/self/uid_map; sleep 30"]);
     // The mapped root must be able to reach the bundle, as with runc.
     allow_traverse(bundle.path());
+    // A bind source under a directory the mapped root cannot search: the
+    // runtime opens it while still host root, and leaves the directory as
+    // it was.
+    use std::os::unix::fs::PermissionsExt;
+    let private = tempfile::tempdir().unwrap();
+    std::fs::create_dir(private.path().join("vol")).unwrap();
+    std::fs::write(private.path().join("vol/hello"), "behind 0700\n").unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let volume: oci_spec::runtime::Mount = serde_json::from_value(serde_json::json!({
+        "destination": "/home/husk",
+        "type": "bind",
+        "source": private.path().join("vol"),
+        "options": ["rbind", "ro", "nosuid", "nodev"]
+    }))
+    .unwrap();
     bundle.update_spec(|s| {
+        let mut mounts = s.mounts().clone().unwrap_or_default();
+        mounts.push(volume);
+        s.set_mounts(Some(mounts));
         let map = LinuxIdMappingBuilder::default()
             .container_id(0u32)
             .host_id(200000u32)
@@ -322,6 +341,13 @@ fn user_namespace_root_is_unprivileged_on_the_host() {
     );
     let exec = rt.run_ok(&["exec", &id, "id", "-u"]);
     assert_eq!(stdout(&exec).trim(), "0");
+    let exec = rt.run_ok(&["exec", &id, "cat", "/home/husk/hello"]);
+    assert_eq!(stdout(&exec), "behind 0700\n");
+    assert_eq!(
+        mode(private.path()),
+        0o700,
+        "the runtime loosened the source's parent"
+    );
     rt.run_ok(&["delete", "--force", &id]);
     assert_no_leaks(&id);
 }

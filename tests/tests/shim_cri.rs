@@ -5,6 +5,9 @@
 //! container logs and exit codes work through it; and stopping and
 //! removing everything leaves no shim, mount, cgroup or process.
 //!
+//! Under `husk-hardened` the pod is one user namespace: the containers join
+//! the sandbox's, and share its uid range until the last of them is gone.
+//!
 //! The runtime handlers are examples/containerd/config.toml itself, so this
 //! test also proves the snippet users copy. The pod uses the node's network
 //! (no CNI network); the sandbox image is busybox sleeping forever.
@@ -137,12 +140,27 @@ fn parent_of(pid: u32) -> u32 {
 /// The whole pod lifecycle through runtime handler `handler`, served by
 /// shim binary `bin`.
 fn pod_in_one_shim(handler: &str, bin: &str) {
+    let hardened = bin == HARDENED_BIN;
     let tmp = tempfile::Builder::new()
         .prefix("husk-cri-")
         .tempdir()
         .unwrap();
     let ctd = cri_containerd(tmp.path());
     let cri = CriClient::connect(&ctd.address());
+    // The directories above the pod's bind sources (hosts, resolv.conf,
+    // /dev/shm): containerd's private ones, which no shim may loosen.
+    let private_dirs = [
+        ctd.dir().join("root"),
+        ctd.state().join("io.containerd.grpc.v1.cri"),
+    ];
+    let modes = || -> Vec<u32> {
+        use std::os::unix::fs::PermissionsExt;
+        private_dirs
+            .iter()
+            .map(|d| std::fs::metadata(d).map_or(0, |m| m.permissions().mode() & 0o7777))
+            .collect()
+    };
+    let modes_before = modes();
 
     let version = cri
         .runtime(|mut c| async move { c.version(api::VersionRequest::default()).await })
@@ -252,6 +270,10 @@ fn pod_in_one_shim(handler: &str, bin: &str) {
     }
     let distinct: std::collections::HashSet<u32> = pids.iter().copied().collect();
     assert_eq!(distinct.len(), 3, "{pids:?}");
+    if hardened {
+        hardened_pod_namespaces(&sandbox, &ids, &pids);
+    }
+    assert_eq!(modes(), modes_before, "permissions of {private_dirs:?}");
     wait_log(&log_dir, "logger", "hello from logger");
 
     // ExecSync runs in each container's namespaces, through the same
@@ -361,6 +383,87 @@ fn pod_in_one_shim(handler: &str, bin: &str) {
         mounts.is_empty(),
         "mounts left under containerd's dirs: {mounts:?}"
     );
+    if hardened {
+        // The pod's range went with its last member.
+        let record = uid_ranges();
+        for id in ids.iter().chain([&sandbox]) {
+            assert!(
+                !record.to_string().contains(&format!("\"{id}\"")),
+                "{id} still holds a uid range: {record}"
+            );
+        }
+    }
+}
+
+/// The hardened allocator's record (the default profile's state dir).
+fn uid_ranges() -> serde_json::Value {
+    let dir = husk_runtime::hardened::Profile::default()
+        .user_namespace
+        .state_dir;
+    let path = dir.join("allocations.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|_| "{}".into());
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}: {text}", path.display()))
+}
+
+fn namespace_of(pid: u32, ns: &str) -> String {
+    let path = format!("/proc/{pid}/ns/{ns}");
+    let link = std::fs::read_link(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    link.to_string_lossy().into_owned()
+}
+
+/// A hardened pod is one user namespace, mapped to one uid range of its
+/// own that the allocator records for the sandbox with every container
+/// as a member; the containers share the sandbox's network, IPC and UTS
+/// namespaces (the pod asked for the host's, which hardened never gives)
+/// and its pid namespace where the pod's is shared. `pids`: the sandbox's
+/// init, then the containers' (`ids`: sleeper sharing the pod's pid
+/// namespace, logger with its own).
+fn hardened_pod_namespaces(sandbox: &str, ids: &[String], pids: &[u32]) {
+    let sandbox_pid = pids[0];
+    let host_user = namespace_of(std::process::id(), "user");
+    let map = std::fs::read_to_string(format!("/proc/{sandbox_pid}/uid_map")).unwrap();
+    let fields: Vec<u64> = map
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert_eq!(fields.len(), 3, "{map}");
+    assert!(
+        fields[0] == 0 && fields[1] >= 1 << 20 && fields[2] == 65536,
+        "{map}"
+    );
+    assert_ne!(namespace_of(sandbox_pid, "user"), host_user);
+    for (i, pid) in pids[1..].iter().enumerate() {
+        for ns in ["user", "net", "ipc", "uts"] {
+            assert_eq!(
+                namespace_of(*pid, ns),
+                namespace_of(sandbox_pid, ns),
+                "{}: {ns} namespace",
+                ids[i]
+            );
+        }
+        for f in ["uid_map", "gid_map"] {
+            let theirs = std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap();
+            assert_eq!(theirs, map, "{}: {f}", ids[i]);
+        }
+        let (pid_ns, own) = (namespace_of(*pid, "pid"), namespace_of(sandbox_pid, "pid"));
+        assert_eq!(
+            pid_ns == own,
+            i == 0,
+            "{}: pid namespace {pid_ns} vs {own}",
+            ids[i]
+        );
+    }
+    let record = uid_ranges();
+    let members: Vec<String> = record["ranges"][sandbox]["members"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no range for sandbox {sandbox}: {record}"))
+        .keys()
+        .cloned()
+        .collect();
+    let mut want = ids.to_vec();
+    want.push(sandbox.to_string());
+    want.sort();
+    assert_eq!(members, want, "{record}");
 }
 
 #[test]
@@ -369,13 +472,9 @@ fn cri_pod_in_one_husk_shim() {
     pod_in_one_shim("husk", SHIM_BIN);
 }
 
-// The hardened profile gives every container its own user namespace; a
-// pod's containers join the sandbox's pid namespace, and procfs for a pid
-// namespace can only be mounted from the user namespace that owns it. Pods
-// under the hardened shim need the containers to join the sandbox's user
-// namespace (and its uid range): not built yet. The sandbox itself runs.
+// Under the hardened profile the pod shares one user namespace and uid
+// range, the sandbox's (see `hardened_pod_namespaces`).
 #[test]
-#[ignore = "hardened pods: containers must join the sandbox's user namespace (not built)"]
 fn cri_pod_in_one_hardened_shim() {
     require_root!();
     pod_in_one_shim("husk-hardened", HARDENED_BIN);

@@ -150,17 +150,25 @@ impl Runtime {
         sys::mkfifo(&fifo, 0o600).context(|| format!("create exec fifo {}", fifo.display()))?;
 
         let namespaces = Plan::from_spec(&spec);
+        let uid_map =
+            namespaces::format_id_map(linux.uid_mappings().as_deref().unwrap_or_default());
+        let gid_map =
+            namespaces::format_id_map(linux.gid_mappings().as_deref().unwrap_or_default());
+        // A joined user namespace with maps in the spec (a hardened pod's
+        // container) is checked against them, and they give stdio's owner.
         let stdio_owner = namespaces
-            .creates(LinuxNamespaceType::User)
+            .in_user_namespace()
             .then(|| {
                 crate::init::stdio_owner(
-                    &namespaces::format_id_map(linux.uid_mappings().as_deref().unwrap_or_default()),
-                    &namespaces::format_id_map(linux.gid_mappings().as_deref().unwrap_or_default()),
+                    &uid_map,
+                    &gid_map,
                     process.user().uid(),
                     process.user().gid(),
                 )
             })
             .flatten();
+        let joined_user_maps = (namespaces.joins(LinuxNamespaceType::User) && !uid_map.is_empty())
+            .then(|| (uid_map.clone(), gid_map.clone()));
         let mut config = InitConfig {
             time_offsets: linux.time_offsets().clone(),
             process: process.clone(),
@@ -186,6 +194,7 @@ impl Runtime {
             seccomp: None,
             landlock: crate::landlock::requested(spec.annotations().as_ref()),
             stdio_owner,
+            joined_user_maps,
         };
         let uid_maps = linux.uid_mappings().clone().unwrap_or_default();
         let gid_maps = linux.gid_mappings().clone().unwrap_or_default();
@@ -414,6 +423,7 @@ impl Runtime {
             },
             landlock: crate::landlock::requested(Some(&record.annotations)),
             stdio_owner: exec_stdio_owner(&joined, record.pid, process),
+            joined_user_maps: None,
         };
         let launched = launch::launch(
             config,

@@ -54,6 +54,11 @@ pub struct InitConfig {
     /// pipes and sockets are given to, so it can reopen them (/dev/stdout).
     #[serde(default)]
     pub stdio_owner: Option<(u32, u32)>,
+    /// Joining a user namespace whose maps the spec states: the text of
+    /// the uid_map and gid_map it must have, checked once inside (the
+    /// process named by its path may have been replaced since).
+    #[serde(default)]
+    pub joined_user_maps: Option<(String, String)>,
 }
 
 /// The host ids that `uid`/`gid` are under these maps (the text of
@@ -180,7 +185,15 @@ fn intermediate(channel: &mut Channel) -> Result<()> {
         }
     }
     let plan = &config.namespaces;
+    // Still host root in the host's mount namespace: see open_bind_sources.
+    let bind_sources = match &config.create {
+        Some(create) if plan.in_user_namespace() => rootfs::open_bind_sources(&create.rootfs)?,
+        _ => Vec::new(),
+    };
     namespaces::join(&plan.join)?;
+    if let Some((uids, gids)) = &config.joined_user_maps {
+        namespaces::check_own_id_maps(uids, gids)?;
+    }
     if plan.creates(LinuxNamespaceType::User) {
         sys::unshare(libc::CLONE_NEWUSER).context(|| "create user namespace".into())?;
         channel.send(&Message::UserNamespaceCreated)?;
@@ -204,7 +217,7 @@ fn intermediate(channel: &mut Channel) -> Result<()> {
     match sys::fork().context(|| "fork the container init".into())? {
         sys::Fork::Parent(pid) => channel.send(&Message::InitPid { pid }),
         sys::Fork::Child => {
-            let err = match container_init(channel, &config, exec_fifo) {
+            let err = match container_init(channel, &config, exec_fifo, bind_sources) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
@@ -222,6 +235,7 @@ fn container_init(
     channel: &mut Channel,
     config: &InitConfig,
     fifo: Option<OwnedFd>,
+    bind_sources: Vec<Option<OwnedFd>>,
 ) -> Result<std::convert::Infallible> {
     // Until the runtime has read the intermediate's last message, writing
     // here could interleave with it.
@@ -233,7 +247,8 @@ fn container_init(
     let process = &config.process;
     let mut state_json = String::new();
     if let Some(create) = &config.create {
-        rootfs::prepare(&create.rootfs)?;
+        rootfs::prepare(&create.rootfs, &bind_sources)?;
+        drop(bind_sources);
         channel.send(&Message::RunCreateRuntimeHooks)?;
         match expect(channel, "createRuntime hooks")? {
             Message::CreateRuntimeHooksDone { state } => state_json = state,

@@ -25,9 +25,10 @@ pub struct Launched {
 /// Runtime-side callbacks of the launch protocol.
 pub struct LaunchHooks<'a> {
     pub id_maps: Option<(&'a [LinuxIdMapping], &'a [LinuxIdMapping])>,
-    /// The process's oom_score_adj: in a new user namespace the init has no
+    /// The process's oom_score_adj: in a user namespace the init has no
     /// CAP_SYS_RESOURCE over the host, so the runtime sets it (and with it
-    /// the floor the init may write) before the init is forked.
+    /// the floor the init may write) on the intermediate, before anything
+    /// is unshared or joined.
     pub oom_score_adj: Option<i32>,
     /// Runs the createRuntime hooks for the given init pid and returns the
     /// OCI state JSON the init passes to its own hooks.
@@ -108,6 +109,11 @@ fn drive(
     // container's cgroup and every child inherits it.
     cgroup.add_process(intermediate)?;
     tracing::debug!(elapsed = ?began.elapsed(), "init joined the cgroup");
+    if let Some(adj) = hooks.oom_score_adj {
+        let path = format!("/proc/{intermediate}/oom_score_adj");
+        std::fs::write(&path, adj.to_string())
+            .context(|| format!("set oom_score_adj to {adj} ({path})"))?;
+    }
     channel.send(&Message::Config(Box::new(config)))?;
     let mut console_master = None;
     loop {
@@ -123,11 +129,6 @@ fn drive(
                     Error::Init("init created a user namespace without id maps".into())
                 })?;
                 namespaces::write_id_maps(intermediate, uids, gids)?;
-                if let Some(adj) = hooks.oom_score_adj {
-                    let path = format!("/proc/{intermediate}/oom_score_adj");
-                    std::fs::write(&path, adj.to_string())
-                        .context(|| format!("set oom_score_adj to {adj} ({path})"))?;
-                }
                 channel.send(&Message::UserNamespaceMapped)?;
             }
             Message::InitPid { pid } => {

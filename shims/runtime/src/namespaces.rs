@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Context, Error, Result};
 use crate::sys;
 
-/// Every namespace type, in the order they are joined: user first, so that
-/// later joins are checked against the joined user namespace.
+/// Every namespace type, in the order they are listed and created. [`join`]
+/// enters the user namespace after the others (see there).
 pub const ALL: [LinuxNamespaceType; 8] = [
     LinuxNamespaceType::User,
     LinuxNamespaceType::Pid,
@@ -105,8 +105,15 @@ impl Plan {
     }
 }
 
-/// Opens every namespace first, then enters them in order: once the mount
+/// Opens every namespace first, then enters them: once the mount
 /// namespace is entered, host paths no longer resolve.
+///
+/// The user namespace comes after the others: entering it gives up every
+/// capability over namespaces that its ancestors own, such as a pod's
+/// network namespace made by CNI (owned by the host's user namespace),
+/// which the caller, still privileged there, can join before. A namespace
+/// that refuses the caller with EPERM before (a runtime without privilege
+/// over it) is tried again from inside the user namespace.
 pub fn join(targets: &[(LinuxNamespaceType, PathBuf)]) -> Result<()> {
     let fds: Vec<(LinuxNamespaceType, OwnedFd, &Path)> = targets
         .iter()
@@ -116,9 +123,21 @@ pub fn join(targets: &[(LinuxNamespaceType, PathBuf)]) -> Result<()> {
             Ok((*t, fd, path.as_path()))
         })
         .collect::<Result<_>>()?;
-    for (t, fd, path) in &fds {
-        sys::setns(fd.as_fd(), clone_flag(*t))
-            .context(|| format!("join {} namespace {}", proc_name(*t), path.display()))?;
+    let what = |t: LinuxNamespaceType, path: &Path| {
+        format!("join {} namespace {}", proc_name(t), path.display())
+    };
+    let (user, others): (Vec<_>, Vec<_>) = fds
+        .iter()
+        .partition(|(t, _, _)| *t == LinuxNamespaceType::User);
+    let mut later = Vec::new();
+    for ns @ (t, fd, path) in others {
+        match sys::setns(fd.as_fd(), clone_flag(*t)) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) && !user.is_empty() => later.push(ns),
+            r => r.context(|| what(*t, path))?,
+        }
+    }
+    for (t, fd, path) in user.into_iter().chain(later) {
+        sys::setns(fd.as_fd(), clone_flag(*t)).context(|| what(*t, path))?;
     }
     Ok(())
 }
@@ -147,6 +166,32 @@ pub fn format_id_map(maps: &[LinuxIdMapping]) -> String {
     maps.iter()
         .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
         .collect()
+}
+
+/// After joining a user namespace: fails unless its maps (as this process
+/// reads them) are `uid_map` and `gid_map` (the text [`format_id_map`]
+/// gives), so a spec never runs in a namespace other than the one it was
+/// written for.
+pub fn check_own_id_maps(uid_map: &str, gid_map: &str) -> Result<()> {
+    let fields = |text: &str| -> Vec<Vec<String>> {
+        text.lines()
+            .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
+            .filter(|l| !l.is_empty())
+            .collect()
+    };
+    for (file, want) in [("uid_map", uid_map), ("gid_map", gid_map)] {
+        let path = format!("/proc/self/{file}");
+        let have = std::fs::read_to_string(&path).context(|| format!("read {path}"))?;
+        if fields(&have) != fields(want) {
+            return Err(Error::invalid_spec(format!(
+                "the joined user namespace maps {:?} in its {file}, not {:?} as the spec's linux mappings say: \
+                 it is not the namespace the spec was written for (did its process exit?)",
+                have.trim(),
+                want.trim()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Writes the id maps of the user namespace `pid` just created. Runs in the

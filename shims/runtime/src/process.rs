@@ -96,7 +96,7 @@ pub fn apply_credentials(process: &Process) -> Result<()> {
             .context(|| format!("setrlimit {:?} to {}/{}", rl.typ(), rl.soft(), rl.hard()))?;
     }
     if let Some(adj) = process.oom_score_adj() {
-        // In a new user namespace the runtime has set it already (a
+        // In a user namespace the runtime has set it already (a
         // non-dumpable task's /proc files belong to host root).
         let current = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap_or_default();
         if current.trim() != adj.to_string() {

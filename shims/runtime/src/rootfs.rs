@@ -6,6 +6,7 @@
 //! [`paths::resolve_in_root`], so no symlink in the image can point a mount
 //! at the host.
 
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -138,9 +139,40 @@ fn mount_err<'a>(what: &str, dest: &'a Path) -> impl FnOnce() -> String + 'a {
     move || format!("{what} on {}", dest.display())
 }
 
+fn source_err(source: &Path, dest: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let context = format!(
+        "bind mount source {} for {}",
+        source.display(),
+        dest.display()
+    );
+    move |e| Error::Io { context, source: e }
+}
+
+/// Bind-mount sources as detached mount trees, one per mount of `plan`
+/// (`None` for the others), opened by the caller while it is still host
+/// root in the host's mount namespace, for [`prepare`] to attach.
+///
+/// In a user namespace the init is an unprivileged host uid: looking a
+/// source up by path there needs search permission on every directory
+/// above it (containerd keeps a pod's /dev/shm, hosts and resolv.conf
+/// under 0700 state directories). Opening them before, as runc does with
+/// its mount-source descriptors, leaves the host's permissions alone.
+pub fn open_bind_sources(plan: &RootfsPlan) -> Result<Vec<Option<OwnedFd>>> {
+    plan.mounts
+        .iter()
+        .map(|m| match &m.kind {
+            SerializedKind::Bind { source, recursive } => sys::clone_mount_tree(source, *recursive)
+                .map(Some)
+                .map_err(source_err(source, &m.destination)),
+            _ => Ok(None),
+        })
+        .collect()
+}
+
 /// Everything before pivot_root: propagation, the rootfs bind, the spec's
-/// mounts, and the devices.
-pub fn prepare(plan: &RootfsPlan) -> Result<()> {
+/// mounts, and the devices. `sources`: from [`open_bind_sources`], or
+/// empty to look bind sources up by path.
+pub fn prepare(plan: &RootfsPlan, sources: &[Option<OwnedFd>]) -> Result<()> {
     // Nothing mounted from here on may propagate back to the host.
     let setup_propagation = if plan.propagation & (libc::MS_SHARED as u64) != 0 {
         MS_REC | libc::MS_SLAVE as u64
@@ -158,8 +190,9 @@ pub fn prepare(plan: &RootfsPlan) -> Result<()> {
     )
     .context(mount_err("bind the rootfs onto itself", &plan.rootfs))?;
 
-    for m in &plan.mounts {
-        mount_one(plan, m)?;
+    for (i, m) in plan.mounts.iter().enumerate() {
+        let tree = sources.get(i).and_then(Option::as_ref).map(|t| t.as_fd());
+        mount_one(plan, m, tree)?;
     }
     for d in &plan.devices {
         devices::create(&plan.rootfs, &DeviceNode::from(d), plan.in_user_namespace)?;
@@ -167,22 +200,23 @@ pub fn prepare(plan: &RootfsPlan) -> Result<()> {
     devices::create_links(&plan.rootfs)
 }
 
-fn mount_one(plan: &RootfsPlan, m: &SerializedMount) -> Result<()> {
+fn mount_one(plan: &RootfsPlan, m: &SerializedMount, tree: Option<BorrowedFd<'_>>) -> Result<()> {
     let dest = paths::resolve_in_root(&plan.rootfs, &m.destination)?;
     match &m.kind {
         SerializedKind::Bind { source, recursive } => {
-            let meta = std::fs::metadata(source).map_err(|e| Error::Io {
-                context: format!(
-                    "bind mount source {} for {}",
-                    source.display(),
-                    m.destination.display()
-                ),
-                source: e,
-            })?;
-            paths::create_mount_point(&dest, !meta.is_dir())
+            let is_dir = match tree {
+                Some(t) => sys::is_dir_fd(t),
+                None => std::fs::metadata(source).map(|m| m.is_dir()),
+            }
+            .map_err(source_err(source, &m.destination))?;
+            paths::create_mount_point(&dest, !is_dir)
                 .context(mount_err("create mount point", &dest))?;
             let rec = if *recursive { MS_REC } else { 0 };
-            sys::mount(Some(source), &dest, Some("bind"), MS_BIND | rec, None)
+            let bound = match tree {
+                Some(t) => sys::move_mount_to(t, &dest),
+                None => sys::mount(Some(source), &dest, Some("bind"), MS_BIND | rec, None),
+            };
+            bound
                 .context(|| format!("bind {} to {}", source.display(), m.destination.display()))?;
             remount_bind(plan, &dest, m.flags | rec)?;
         }

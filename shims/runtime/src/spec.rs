@@ -142,10 +142,13 @@ pub fn validate(spec: &Spec) -> Result<()> {
             }
         }
     }
-    let new_userns = namespaces
+    let userns = namespaces
         .into_iter()
         .flatten()
-        .any(|ns| ns.typ() == LinuxNamespaceType::User && ns.path().is_none());
+        .find(|ns| ns.typ() == LinuxNamespaceType::User);
+    let new_userns = userns.is_some_and(|ns| ns.path().is_none());
+    // With a joined one, maps are what it must have (checked on joining).
+    let joined_userns = userns.is_some_and(|ns| ns.path().is_some());
     let has_maps = linux.is_some_and(|l| {
         l.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
             && l.gid_mappings().as_ref().is_some_and(|m| !m.is_empty())
@@ -159,9 +162,14 @@ pub fn validate(spec: &Spec) -> Result<()> {
         l.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
             || l.gid_mappings().as_ref().is_some_and(|m| !m.is_empty())
     });
-    if any_maps && !new_userns {
+    if any_maps && !new_userns && !joined_userns {
         return Err(Error::invalid_spec(
-            "linux.uidMappings/gidMappings are set but no new user namespace is requested",
+            "linux.uidMappings/gidMappings are set but no user namespace is requested",
+        ));
+    }
+    if joined_userns && any_maps && !has_maps {
+        return Err(Error::invalid_spec(
+            "a joined user namespace is checked against both linux.uidMappings and linux.gidMappings: give both or neither",
         ));
     }
     let has_ns = |t| seen.contains(&t);
@@ -297,6 +305,17 @@ mod tests {
         v["linux"]["gidMappings"] =
             serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
         validate(&spec_of(&v)).unwrap();
+        // Joined: the maps are optional (what it must have), but both or none.
+        v["linux"]["namespaces"] =
+            serde_json::json!([{"type": "user", "path": "/proc/1/ns/user"}, {"type": "mount"}]);
+        validate(&spec_of(&v)).unwrap();
+        v["linux"]["gidMappings"] = serde_json::json!([]);
+        let err = validate(&spec_of(&v)).unwrap_err().to_string();
+        assert!(err.contains("both or neither"), "{err}");
+        // No user namespace at all: maps make no sense.
+        v["linux"]["namespaces"] = serde_json::json!([{"type": "mount"}]);
+        let err = validate(&spec_of(&v)).unwrap_err().to_string();
+        assert!(err.contains("no user namespace"), "{err}");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -449,47 +449,108 @@ pub fn sealed_memfd_copy(name: &CStr, source: &Path) -> io::Result<OwnedFd> {
 /// container can see or remount it, and every write to the file through it
 /// fails with EROFS; unlike a memfd copy it costs no copying.
 pub fn readonly_detached_mount(path: &Path) -> io::Result<OwnedFd> {
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    const OPEN_TREE_CLONE: libc::c_uint = 1;
-    const MOUNT_ATTR_RDONLY: u64 = 0x1;
-    const MOUNT_ATTR_NOSUID: u64 = 0x2;
-    const MOUNT_ATTR_NODEV: u64 = 0x4;
-    let p = cstr(path)?;
-    // SAFETY: p is a live C string; on success we own the returned fd.
-    let fd = check(unsafe {
+    let tree = open_tree_clone(path, false)?;
+    mount_setattr(
+        tree.as_fd(),
+        false,
+        &MountAttr {
+            attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+            ..MountAttr::default()
+        },
+    )?;
+    Ok(tree)
+}
+
+/// A detached copy of the mount at `path` (with the mounts below it if
+/// `recursive`: a bind or rbind source), looked up with the caller's
+/// permissions now, attached later with [`move_mount_to`], from another
+/// mount namespace if need be. It is made a slave of its source: mounts
+/// on the host still reach it, nothing mounted on it reaches the host.
+pub fn clone_mount_tree(path: &Path, recursive: bool) -> io::Result<OwnedFd> {
+    let tree = open_tree_clone(path, recursive)?;
+    mount_setattr(
+        tree.as_fd(),
+        recursive,
+        &MountAttr {
+            propagation: libc::MS_SLAVE as u64,
+            ..MountAttr::default()
+        },
+    )?;
+    Ok(tree)
+}
+
+/// Attaches a detached mount tree (see [`clone_mount_tree`]) at `dest`.
+pub fn move_mount_to(tree: BorrowedFd<'_>, dest: &Path) -> io::Result<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    let d = cstr(dest)?;
+    // SAFETY: both strings are live C strings, tree a mount fd we borrow.
+    check(unsafe {
         libc::syscall(
-            libc::SYS_open_tree,
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
             libc::AT_FDCWD,
-            p.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+            d.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
         )
     } as libc::c_int)?;
+    Ok(())
+}
+
+/// Whether the file `fd` refers to (any descriptor, O_PATH and mount
+/// trees too) is a directory.
+pub fn is_dir_fd(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: st is a valid out-pointer, fd a live descriptor.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    Ok(st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+}
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+#[derive(Default)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+
+/// open_tree(OPEN_TREE_CLONE): a detached copy of the mount at `path`.
+fn open_tree_clone(path: &Path, recursive: bool) -> io::Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    let p = cstr(path)?;
+    let flags = OPEN_TREE_CLONE
+        | libc::O_CLOEXEC as libc::c_uint
+        | if recursive { AT_RECURSIVE } else { 0 };
+    // SAFETY: p is a live C string; on success we own the returned fd.
+    let fd = check(
+        unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, p.as_ptr(), flags) }
+            as libc::c_int,
+    )?;
     // SAFETY: fd was just returned by open_tree.
-    let tree = unsafe { OwnedFd::from_raw_fd(fd) };
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn mount_setattr(tree: BorrowedFd<'_>, recursive: bool, attr: &MountAttr) -> io::Result<()> {
+    let flags = libc::AT_EMPTY_PATH as libc::c_uint | if recursive { AT_RECURSIVE } else { 0 };
     // SAFETY: attr is a valid mount_attr of the size we pass.
     check(unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
             tree.as_raw_fd(),
             c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            &attr,
+            flags,
+            attr,
             std::mem::size_of::<MountAttr>(),
         )
     } as libc::c_int)?;
-    Ok(tree)
+    Ok(())
 }
 
 /// bpf(2) with an attribute block (a `union bpf_attr`, zero-padded).

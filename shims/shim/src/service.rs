@@ -246,7 +246,7 @@ impl TaskService {
                     let created = (|| {
                         // After the plugins (which cannot undo it) and the
                         // rootfs mount (mount points are created in it).
-                        hardening::apply_to_bundle(profile, &id, &bundle)?;
+                        hardening::apply_to_bundle(profile, &id, &bundle, &shim.runtime)?;
                         let (pio, mut keep) = io::open(&stdin, &stdout, &stderr, terminal)
                             .inspect_err(|_| hardening::release(profile, &id))?;
                         let started = shim

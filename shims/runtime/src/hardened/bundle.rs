@@ -123,8 +123,9 @@ pub fn create_mount_points(spec: &Spec, bundle: &Path) -> Result<Vec<PathBuf>> {
 /// to any other user. The bundle directory gets group `gid` with search
 /// permission (containerd 1.7 does the same for user namespaces); an
 /// ancestor without search permission for others gets it (0711-style, as
-/// containerd's own state directories are), and so do the ancestors of
-/// bind-mount sources. Returns the directories changed.
+/// containerd's own state directories are). Bind-mount sources need
+/// nothing: the runtime opens them while still host root
+/// (`rootfs::open_bind_sources`). Returns the directories changed.
 pub fn make_rootfs_reachable(spec: &Spec, bundle: &Path, gid: u32) -> Result<Vec<PathBuf>> {
     use std::os::unix::fs::PermissionsExt;
     let Ok(rootfs) = crate::spec::rootfs(spec, bundle) else {
@@ -153,28 +154,6 @@ pub fn make_rootfs_reachable(spec: &Spec, bundle: &Path, gid: u32) -> Result<Vec
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o001))
                 .map_err(io(format!("chmod o+x {}", dir.display())))?;
             changed.push(dir.to_path_buf());
-        }
-    }
-    // Bind sources are looked up by path from inside the user namespace
-    // too (CRI's sandbox /dev/shm under containerd's 0700 state dirs).
-    let sources = spec
-        .mounts()
-        .iter()
-        .flatten()
-        .filter(|m| is_bind(m))
-        .filter_map(|m| m.source().clone())
-        .filter(|s| s.is_absolute());
-    for source in sources {
-        for dir in source.ancestors().skip(1) {
-            let Ok(meta) = std::fs::metadata(dir) else {
-                continue;
-            };
-            let mode = meta.permissions().mode();
-            if mode & 0o001 == 0 && !changed.iter().any(|c| c == dir) {
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o001))
-                    .map_err(io(format!("chmod o+x {}", dir.display())))?;
-                changed.push(dir.to_path_buf());
-            }
         }
     }
     Ok(changed)

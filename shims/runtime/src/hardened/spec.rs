@@ -71,6 +71,12 @@ pub struct HardenContext {
     /// The container's host id range (required when the profile enables
     /// user namespaces; see [`super::IdAllocator`]).
     pub ids: Option<IdRange>,
+    /// The host pid of the init of the pod sandbox this container belongs
+    /// to, whose range `ids` is (the caller checked it). The container
+    /// joins that init's user namespace, and its network, IPC and UTS
+    /// namespaces where the spec would share the host's; `None` for a
+    /// container on its own, which gets new ones.
+    pub pod_sandbox_pid: Option<i32>,
 }
 
 /// What [`harden_spec`] did.
@@ -86,6 +92,10 @@ pub struct HardeningReport {
     pub dropped_devices: Vec<PathBuf>,
     /// Namespaces added because the spec shared the host's.
     pub added_namespaces: Vec<String>,
+    /// Of those, the ones joined from the pod sandbox (`user` always, for
+    /// a pod's container).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_namespaces: Vec<String>,
     /// Seccomp filters the process loads: ours, then the spec's.
     pub seccomp_filters: usize,
     pub readonly_rootfs: bool,
@@ -352,24 +362,52 @@ fn harden_namespaces(
     if profile.user_namespace.enabled {
         private.push(T::User);
     }
+    // A pod's container lives in its sandbox's user namespace (which owns
+    // the sandbox's other namespaces: procfs of a shared pid namespace can
+    // only be mounted from there), and shares the sandbox's network, IPC
+    // and UTS namespaces where the spec would share the host's.
+    let pod_path = |t: T| {
+        ctx.pod_sandbox_pid
+            .filter(|_| matches!(t, T::User | T::Network | T::Ipc | T::Uts))
+            .map(|pid| {
+                PathBuf::from(format!(
+                    "/proc/{pid}/ns/{}",
+                    crate::namespaces::proc_name(t)
+                ))
+            })
+    };
     for t in private {
         if !namespaces.iter().any(|n| n.typ() == t) {
             let mut n = LinuxNamespace::default();
             n.set_typ(t);
+            if let Some(path) = pod_path(t) {
+                n.set_path(Some(path));
+                report.pod_namespaces.push(t.to_string());
+            }
             namespaces.push(n);
             report.added_namespaces.push(t.to_string());
         }
     }
     if profile.user_namespace.enabled {
+        let pod_user = pod_path(T::User);
         let user = namespaces
-            .iter()
+            .iter_mut()
             .find(|n| n.typ() == T::User)
             .expect("added above");
-        if let Some(path) = user.path() {
-            return Err(Error::Refused(format!(
-                "linux.namespaces joins the user namespace {}; hardened containers get their own, mapped to a range of their own: remove the path",
-                path.display()
-            )));
+        match (user.path().clone(), &pod_user) {
+            (Some(path), _) if Some(&path) != pod_user.as_ref() => {
+                return Err(Error::Refused(format!(
+                    "linux.namespaces joins the user namespace {}; hardened containers get their own, mapped to a range of their own \
+                     (or their pod sandbox's, found by the shim): remove the path",
+                    path.display()
+                )));
+            }
+            (None, Some(path)) => {
+                // Listed as new: a pod's container joins its sandbox's all the same.
+                user.set_path(Some(path.clone()));
+                report.pod_namespaces.push(T::User.to_string());
+            }
+            _ => {}
         }
         let ids = ctx.ids.ok_or_else(|| {
             Error::Ids(format!(
@@ -377,6 +415,8 @@ fn harden_namespaces(
                 ctx.container_id
             ))
         })?;
+        // For a joined namespace, the maps it must have: the runtime
+        // checks them after joining.
         let map = id_map(0, ids.start, ids.size);
         if linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty()) {
             report.notes.push(
@@ -489,6 +529,7 @@ mod tests {
         HardenContext {
             container_id: "c1".into(),
             ids: Some(RANGE),
+            pod_sandbox_pid: None,
         }
     }
 
@@ -784,6 +825,82 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("host id 0"), "{err}");
+    }
+
+    #[test]
+    fn a_pods_container_joins_its_sandbox_user_namespace_and_range() {
+        use LinuxNamespaceType as T;
+        let pod = HardenContext {
+            container_id: "c2".into(),
+            ids: Some(RANGE),
+            pod_sandbox_pid: Some(4242),
+        };
+        let mut spec = ctr_spec();
+        let report = harden_spec(&mut spec, &Profile::default(), &pod).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        let path = |t: T| {
+            linux
+                .namespaces()
+                .iter()
+                .flatten()
+                .find(|n| n.typ() == t)
+                .unwrap_or_else(|| panic!("no {t}"))
+                .path()
+                .clone()
+        };
+        for (t, name) in [(T::User, "user"), (T::Ipc, "ipc"), (T::Uts, "uts")] {
+            assert_eq!(
+                path(t),
+                Some(PathBuf::from(format!("/proc/4242/ns/{name}")))
+            );
+        }
+        // The spec's own network namespace (a CNI one) stays; what the
+        // container must own is new.
+        assert_eq!(path(T::Network), Some(PathBuf::from("/var/run/netns/x")));
+        for t in [T::Pid, T::Mount, T::Cgroup] {
+            assert_eq!(path(t), None, "{t}");
+        }
+        assert_eq!(report.pod_namespaces, ["ipc", "uts", "user"]);
+        // The maps the joined namespace must have: the pod's range.
+        let m = &linux.uid_mappings().as_ref().unwrap()[0];
+        assert_eq!((m.host_id(), m.size()), (RANGE.start, RANGE.size));
+        assert_eq!(report.ids, Some(RANGE));
+        crate::spec::validate(&spec).unwrap();
+        // Hardening again changes no namespace.
+        let before = linux.namespaces().clone();
+        harden_spec(&mut spec, &Profile::default(), &pod).unwrap();
+        assert_eq!(spec.linux().as_ref().unwrap().namespaces(), &before);
+
+        // Listed as a new user namespace: joined all the same.
+        let mut spec = ctr_spec();
+        let mut linux = spec.linux().clone().unwrap();
+        let mut ns = linux.namespaces().clone().unwrap();
+        let mut user = LinuxNamespace::default();
+        user.set_typ(T::User);
+        ns.push(user.clone());
+        linux.set_namespaces(Some(ns.clone()));
+        spec.set_linux(Some(linux.clone()));
+        harden_spec(&mut spec, &Profile::default(), &pod).unwrap();
+        let joined = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
+        let joined = joined.iter().find(|n| n.typ() == T::User).unwrap();
+        assert_eq!(
+            joined.path().as_deref(),
+            Some(Path::new("/proc/4242/ns/user"))
+        );
+        // Another process's user namespace: refused, pod or not.
+        ns.pop();
+        user.set_path(Some("/proc/1/ns/user".into()));
+        ns.push(user);
+        linux.set_namespaces(Some(ns));
+        let mut spec = ctr_spec();
+        spec.set_linux(Some(linux));
+        let err = harden_spec(&mut spec, &Profile::default(), &pod)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("joins the user namespace /proc/1/ns/user"),
+            "{err}"
+        );
     }
 
     #[test]
