@@ -202,6 +202,62 @@ pub fn assert_no_leaks(name: &str) {
     }
 }
 
+/// The descriptors `pid` holds, as `fd -> target` lines (`3 -> socket:[123]`),
+/// read once the set has stopped changing for 200 ms (or after 3 s): a
+/// server closes a finished client's connection a moment after the client
+/// has its answer, and that moment must not count as a leak.
+pub fn settled_descriptors(pid: u32) -> Vec<String> {
+    let read = || -> Vec<String> {
+        let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return Vec::new();
+        };
+        let mut fds: Vec<(u32, String)> = dir
+            .flatten()
+            .filter_map(|e| {
+                let fd = e.file_name().to_str()?.parse().ok()?;
+                let target = fs::read_link(e.path()).ok()?;
+                Some((fd, target.display().to_string()))
+            })
+            .collect();
+        fds.sort();
+        fds.into_iter()
+            .map(|(fd, target)| format!("{fd} -> {target}"))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let mut last = read();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let now = read();
+        if now == last || std::time::Instant::now() >= deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// `pid`'s unix stream connections whose peer has closed (`ss` shows the
+/// peer inode as 0): a server that never noticed a client hang up, and
+/// keeps its descriptor.
+pub fn hung_up_connections(pid: u32) -> Vec<String> {
+    let out = std::process::Command::new("ss")
+        .args(["-xpn", "state", "established"])
+        .output()
+        .expect("running ss (iproute2)");
+    let owner = format!(",pid={pid},");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&owner))
+        .filter(|l| {
+            // ... Local Port  Peer Port  Process: the peer's port is the
+            // second-to-last field before the process column.
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 3 && f[f.len() - 2] == "0" && f[f.len() - 3] == "*"
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,60 +318,4 @@ mod tests {
         assert!(Leaks::find(&id).is_empty());
         assert_no_leaks(&id);
     }
-}
-
-/// The descriptors `pid` holds, as `fd -> target` lines (`3 -> socket:[123]`),
-/// read once the set has stopped changing for 200 ms (or after 3 s): a
-/// server closes a finished client's connection a moment after the client
-/// has its answer, and that moment must not count as a leak.
-pub fn settled_descriptors(pid: u32) -> Vec<String> {
-    let read = || -> Vec<String> {
-        let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-            return Vec::new();
-        };
-        let mut fds: Vec<(u32, String)> = dir
-            .flatten()
-            .filter_map(|e| {
-                let fd = e.file_name().to_str()?.parse().ok()?;
-                let target = fs::read_link(e.path()).ok()?;
-                Some((fd, target.display().to_string()))
-            })
-            .collect();
-        fds.sort();
-        fds.into_iter()
-            .map(|(fd, target)| format!("{fd} -> {target}"))
-            .collect()
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    let mut last = read();
-    loop {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        let now = read();
-        if now == last || std::time::Instant::now() >= deadline {
-            return now;
-        }
-        last = now;
-    }
-}
-
-/// `pid`'s unix stream connections whose peer has closed (`ss` shows the
-/// peer inode as 0): a server that never noticed a client hang up, and
-/// keeps its descriptor.
-pub fn hung_up_connections(pid: u32) -> Vec<String> {
-    let out = std::process::Command::new("ss")
-        .args(["-xpn", "state", "established"])
-        .output()
-        .expect("running ss (iproute2)");
-    let owner = format!(",pid={pid},");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(&owner))
-        .filter(|l| {
-            // ... Local Port  Peer Port  Process: the peer's port is the
-            // second-to-last field before the process column.
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() >= 3 && f[f.len() - 2] == "0" && f[f.len() - 3] == "*"
-        })
-        .map(str::to_owned)
-        .collect()
 }
