@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use containerd_shim_protos::api;
 use containerd_shim_protos::shim_async::TaskClient;
+use containerd_shim_protos::types::task::Status as TaskStatus;
 use tokio::sync::watch;
 
 use crate::api::{ContainerSummary, CreateParams, Status};
@@ -631,15 +632,21 @@ impl Manager {
             )
             .await
             .map_err(|e| shim_client::rpc_err(&format!("starting container {key}"), e))?;
-        {
+        let auto_remove = {
             let mut r = c.rec.lock().unwrap();
             if r.status == Status::Created {
                 r.status = Status::Running;
                 r.pid = resp.pid;
                 r.started_at = Some(state::now());
             }
+            r.params.auto_remove
+        };
+        // A `--rm` container's record is not saved again: a restarted huskd
+        // takes its status and pid from the shim (`recover`), and its
+        // record goes with it at its exit.
+        if !auto_remove {
+            self.save(&c)?;
         }
-        self.save(&c)?;
         Ok(c.clone())
     }
 
@@ -862,10 +869,20 @@ impl Manager {
                                 },
                             )
                             .await;
-                        if state.is_err() {
+                        match &state {
+                            Ok(st) => {
+                                // The shim knows better than a record that
+                                // was not saved after Start (`--rm`).
+                                let running = st.status.enum_value() != Ok(TaskStatus::CREATED);
+                                let mut r = c.rec.lock().unwrap();
+                                if running && r.status == Status::Created {
+                                    r.status = Status::Running;
+                                    r.pid = st.pid;
+                                }
+                            }
                             // A shim that never got this container (huskd
                             // died between its start and Create) exits.
-                            shim_client::delete_and_shutdown(&client, &rec.id).await;
+                            Err(_) => shim_client::delete_and_shutdown(&client, &rec.id).await,
                         }
                         state.ok().map(|_| client)
                     }

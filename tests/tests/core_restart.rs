@@ -176,3 +176,51 @@ fn restart_finishes_interrupted_creates_and_removals() {
     assert!(left.is_empty(), "{left:?}");
     husk_tests::leaks::assert_no_leaks(&id);
 }
+
+/// A `--rm` container's record is not saved again after its start: the
+/// restarted huskd takes its status and pid from the shim, and still
+/// removes it at its exit.
+#[test]
+fn a_running_rm_container_survives_a_restart_and_goes_at_its_exit() {
+    require_root!();
+    let mut d = Huskd::start();
+    d.import_busybox();
+    let mut client = d
+        .husk_cmd(&[
+            "run", "--rm", "--name", "rmkeep", IMAGE, "sh", "-c", WAIT_GO,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d.husk(&["inspect", "rmkeep"]).status.success() {
+        assert!(Instant::now() < deadline, "the container was not created");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.wait_status("rmkeep", "running");
+    let rec = d.inspect("rmkeep");
+    let (id, pid) = (
+        rec["id"].as_str().unwrap().to_string(),
+        rec["pid"].as_u64().unwrap() as u32,
+    );
+    d.kill9();
+    // The attached client loses huskd (as `docker run` loses dockerd).
+    let _ = client.wait();
+    d.spawn();
+    assert_eq!(d.status("rmkeep"), "running");
+    assert_eq!(d.inspect("rmkeep")["pid"].as_u64(), Some(pid as u64));
+    assert!(alive(pid));
+    d.husk_ok(&["exec", "rmkeep", "touch", "/tmp/go"]);
+    wait_dead(pid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.container_ids().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the --rm container was not removed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    husk_tests::leaks::assert_no_leaks(&id);
+}
