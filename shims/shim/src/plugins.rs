@@ -267,7 +267,9 @@ pub fn on_create(
             .map_err(ShimError::io(format!("writing {}", path.display())))?;
     }
     if let Some(edited) = &reply.spec_json {
-        husk_runtime::state::write_atomic(&spec_path, edited.as_bytes())?;
+        // No fsync: the file means nothing after a host crash (the
+        // container does not exist yet).
+        husk_runtime::state::replace_file(&spec_path, edited.as_bytes())?;
     }
     Ok(Binding {
         config,
