@@ -202,13 +202,13 @@ fn ok(mut cmd: Command) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Summed VmRSS (kB) and count of shim processes whose command line holds
-/// `address`, but for those in `spares` (huskd's spare shims, which serve
-/// no container).
-fn shims_rss(address: &str, spares: &[u32]) -> (u64, usize) {
+/// Summed VmRSS (kB) and count of the shim processes whose command line
+/// holds `address` and that `counts` (the shims serving the containers, or
+/// those that are not huskd's spares, which serve none).
+fn shims_rss(address: &str, counts: impl Fn(&leaks::ProcessInfo) -> bool) -> (u64, usize) {
     let shims: Vec<u32> = leaks::processes_matching(address)
         .into_iter()
-        .filter(|p| p.cmdline.contains("shim") && !spares.contains(&p.pid))
+        .filter(|p| p.cmdline.contains("shim") && counts(p))
         .map(|p| p.pid)
         .collect();
     let kb = shims
@@ -216,6 +216,15 @@ fn shims_rss(address: &str, spares: &[u32]) -> (u64, usize) {
         .filter_map(|&pid| proc_status_kb(pid, "VmRSS"))
         .sum();
     (kb, shims.len())
+}
+
+/// Whether a shim serves one of `ids` (`-id <id>` on its command line).
+fn serving(ids: &[String]) -> impl Fn(&leaks::ProcessInfo) -> bool + '_ {
+    |p| {
+        let args: Vec<&str> = p.cmdline.split_whitespace().collect();
+        args.windows(2)
+            .any(|w| w[0] == "-id" && ids.iter().any(|id| id == w[1]))
+    }
 }
 
 /// Times `LIST_ROUNDS` runs of a listing command that must show `n` lines
@@ -268,7 +277,7 @@ fn churn_huskd(n: usize) -> Result<Churn, String> {
     }
     let start = began.elapsed();
     let spares = || -> Vec<u32> { huskd.spare_shims().into_iter().map(|s| s.1).collect() };
-    let (shims_rss_kb, shims) = shims_rss(&address, &spares());
+    let (shims_rss_kb, shims) = shims_rss(&address, serving(&ids));
 
     // Every row of the table but its header names a container.
     let list = time_list(
@@ -294,7 +303,8 @@ fn churn_huskd(n: usize) -> Result<Churn, String> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let mut now = Vec::new();
-        let (_, shims_left) = shims_rss(&address, &spares());
+        let spares = spares();
+        let (_, shims_left) = shims_rss(&address, |p| !spares.contains(&p.pid));
         if shims_left > 0 {
             now.push(format!("{shims_left} shims"));
         }
@@ -369,7 +379,7 @@ fn churn_containerd(n: usize) -> Result<Churn, String> {
         ids.push(id);
     }
     let start = began.elapsed();
-    let (shims_rss_kb, shims) = shims_rss(&address, &[]);
+    let (shims_rss_kb, shims) = shims_rss(&address, serving(&ids));
 
     let list = time_list(
         n,
@@ -399,7 +409,7 @@ fn churn_containerd(n: usize) -> Result<Churn, String> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let mut now = Vec::new();
-        let (_, shims_left) = shims_rss(&address, &[]);
+        let (_, shims_left) = shims_rss(&address, |_| true);
         if shims_left > 0 {
             now.push(format!("{shims_left} shims"));
         }
