@@ -25,6 +25,9 @@ use husk_tests::require_root;
 fn huskd_with_policy() -> Huskd {
     let d = Huskd::start();
     d.import_busybox();
+    // Without a plugin, no shim needs the service.
+    d.husk_ok(&["run", "--rm", IMAGE, "true"]);
+    assert!(plugind::daemons(&socket_of(&d)).is_empty());
     let path = plugin_file("rust-policy.wasm");
     d.husk_ok(&[
         "plugin",
@@ -80,8 +83,6 @@ fn the_first_shim_starts_the_service_and_concurrent_creates_start_only_one() {
     require_root!();
     let d = huskd_with_policy();
     let socket = socket_of(&d);
-    assert!(plugind::daemons(&socket).is_empty());
-    assert!(!socket.exists(), "no service before the first container");
     std::thread::scope(|s| {
         for _ in 0..6 {
             s.spawn(|| run_under_policy(&d));
@@ -142,20 +143,20 @@ fn a_service_dying_during_a_create_fails_it_closed_or_open_by_on_error() {
             "--on-error",
             on_error,
         ]);
-        // Kill the daemon while the looping plugin holds the create.
+        // Kill the daemon while the looping plugin holds the create: a
+        // run takes milliseconds, the loop 5 s, so 1.5 s into the run the
+        // create is in the loop. (A spare shim may have started the daemon
+        // already, before the run.)
         let killer = std::thread::spawn({
             let socket = socket.clone();
             move || {
-                let deadline = Instant::now() + Duration::from_secs(20);
+                std::thread::sleep(Duration::from_millis(1500));
+                let deadline = Instant::now() + Duration::from_secs(10);
                 loop {
                     if let Some(p) = plugind::daemons(&socket).first() {
-                        if plugind::log(&socket).contains("plugin config loaded") {
-                            // The create is in the 5 s loop by then.
-                            std::thread::sleep(Duration::from_millis(1000));
-                            // SAFETY: kill(2) of the daemon's pid.
-                            unsafe { libc::kill(p.pid as i32, libc::SIGKILL) };
-                            return p.pid;
-                        }
+                        // SAFETY: kill(2) of the daemon's pid.
+                        unsafe { libc::kill(p.pid as i32, libc::SIGKILL) };
+                        return p.pid;
                     }
                     assert!(Instant::now() < deadline, "no husk-plugind to kill");
                     std::thread::sleep(Duration::from_millis(20));
@@ -179,8 +180,6 @@ fn a_service_dying_during_a_create_fails_it_closed_or_open_by_on_error() {
         } else {
             assert!(out.status.success(), "{}", stderr(&out));
         }
-        // Let the next round's daemon log its own load.
-        let _ = std::fs::remove_file(plugind::log_of(&socket));
     }
     assert_eq!(d.husk_ok(&["ps", "-a", "--format", "json"]).trim(), "[]");
 }
