@@ -233,7 +233,7 @@ impl Runtime {
             .0;
         self.states.save(&record)?;
         if let Some(pid_file) = &opts.pid_file {
-            state::write_atomic(pid_file, launched.pid.to_string().as_bytes())?;
+            state::replace_file(pid_file, launched.pid.to_string().as_bytes())?;
         }
         cleanup.armed = false;
         Ok(Started {
@@ -438,7 +438,7 @@ impl Runtime {
         let console_master =
             hand_over_console(launched.console_master, opts.console_socket.as_deref())?;
         if let Some(pid_file) = &opts.pid_file {
-            state::write_atomic(pid_file, launched.pid.to_string().as_bytes())?;
+            state::replace_file(pid_file, launched.pid.to_string().as_bytes())?;
         }
         Ok(Started {
             pid: launched.pid,
