@@ -11,9 +11,11 @@
 //! Round-robin, starting with a different contender each round. Timed is
 //! the whole `ctr run --rm` (client, containerd, shim start, create, start,
 //! wait, delete, shim shutdown). Memory: five `ctr run -d` containers of
-//! `sleep` per shim, then the mean VmRSS, RssAnon, Pss and Threads of the
+//! `sleep` per shim, each shim serving its running container, then the
+//! mean VmRSS (with its RssAnon and RssFile parts), Pss and Threads of the
 //! shim processes from /proc. The husk shim is `target/release/containerd-shim-husk-v2`
-//! (next to this bench executable).
+//! (next to this bench executable). The load average is printed before and
+//! after: the machine is shared.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
         ..Default::default()
     });
     ctd.import_image(&tar, "husk.test/busybox");
+    husk_tests::stats::print_load();
 
     // Warm up both (page cache, snapshot).
     for (_, runtime) in CONTENDERS {
@@ -89,15 +92,15 @@ fn main() -> ExitCode {
 
     println!("\nper-container shim footprint (5 sleeping containers per runtime, means)");
     println!(
-        "{:<12} {:>9} {:>10} {:>9} {:>8}",
-        "shim", "VmRSS MB", "RssAnon MB", "Pss MB", "threads"
+        "{:<12} {:>9} {:>10} {:>10} {:>9} {:>8}",
+        "shim", "VmRSS MB", "RssAnon MB", "RssFile MB", "Pss MB", "threads"
     );
     let mut rss = Vec::new();
     for (name, runtime) in CONTENDERS {
         let f = footprint(&ctd, runtime);
         println!(
-            "{name:<12} {:>9.1} {:>10.1} {:>9.1} {:>8.1}",
-            f.rss, f.anon, f.pss, f.threads
+            "{name:<12} {:>9.1} {:>10.1} {:>10.1} {:>9.1} {:>8.1}",
+            f.rss, f.anon, f.file, f.pss, f.threads
         );
         rss.push(f.rss);
     }
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
         "husk / runc shim VmRSS: {:.2} (target: husk <= 3 MB)",
         rss[0] / rss[1]
     );
+    husk_tests::stats::print_load();
     ExitCode::SUCCESS
 }
 
@@ -121,13 +125,16 @@ fn run_once(ctd: &Containerd, runtime: &str) -> Duration {
     took
 }
 
-/// Means over the shims of one runtime. VmRSS counts the binary's mapped
-/// pages, which the page cache shares between all shims of one binary;
-/// RssAnon is what each shim has to itself; Pss splits shared pages
-/// between their users.
+/// Means over the shims of one runtime. VmRSS = RssAnon + RssFile (+
+/// RssShmem, none here). RssFile counts the pages of the binary and its
+/// libraries mapped in the process (the kernel maps 64 KiB around each
+/// page fault), which the page cache shares between all shims of one
+/// binary; RssAnon is what each shim has to itself; Pss splits shared
+/// pages between their users.
 struct Footprint {
     rss: f64,
     anon: f64,
+    file: f64,
     pss: f64,
     threads: f64,
 }
@@ -149,6 +156,16 @@ fn footprint(ctd: &Containerd, runtime: &str) -> Footprint {
         ]);
     }
     std::thread::sleep(Duration::from_millis(500));
+    // Each shim measured serves a running container.
+    let tasks = ctd.ctr_ok(&["task", "ls"]);
+    for id in &ids {
+        assert!(
+            tasks
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(id) && l.contains("RUNNING")),
+            "{runtime}: task {id} is not running:\n{tasks}"
+        );
+    }
     let bin = if runtime.contains("husk") {
         "containerd-shim-husk-v2"
     } else {
@@ -163,6 +180,7 @@ fn footprint(ctd: &Containerd, runtime: &str) -> Footprint {
     let mut sum = Footprint {
         rss: 0.0,
         anon: 0.0,
+        file: 0.0,
         pss: 0.0,
         threads: 0.0,
     };
@@ -179,6 +197,7 @@ fn footprint(ctd: &Containerd, runtime: &str) -> Footprint {
         };
         sum.rss += field(&status, "VmRSS:") / 1024.0;
         sum.anon += field(&status, "RssAnon:") / 1024.0;
+        sum.file += field(&status, "RssFile:") / 1024.0;
         sum.pss += field(&rollup, "Pss:") / 1024.0;
         sum.threads += field(&status, "Threads:");
     }
@@ -198,6 +217,7 @@ fn footprint(ctd: &Containerd, runtime: &str) -> Footprint {
     Footprint {
         rss: sum.rss / n,
         anon: sum.anon / n,
+        file: sum.file / n,
         pss: sum.pss / n,
         threads: sum.threads / n,
     }

@@ -119,6 +119,43 @@ impl Args {
         }
         Ok(())
     }
+
+    /// The daemon's form of these arguments (no action: serve), as `start`
+    /// hands them to the daemon it forks and a live swap to the next
+    /// binary.
+    pub fn daemon_argv(&self) -> Vec<std::ffi::OsString> {
+        let mut v: Vec<std::ffi::OsString> = [
+            "-namespace",
+            &self.namespace,
+            "-id",
+            &self.id,
+            "-address",
+            &self.address,
+            "-publish-binary",
+            &self.publish_binary,
+            "-socket",
+            &self.socket,
+        ]
+        .iter()
+        .map(Into::into)
+        .collect();
+        if self.debug {
+            v.push("-debug".into());
+        }
+        v
+    }
+
+    /// `start`'s arguments as the daemon it forks serves with.
+    pub fn for_daemon(&self, socket: &str) -> Args {
+        Args {
+            socket: socket.to_string(),
+            bundle: String::new(),
+            binary: String::new(),
+            version: false,
+            action: Action::Serve,
+            ..self.clone()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -155,6 +192,21 @@ mod tests {
         assert_eq!(a.action, Action::Upgrade);
         assert_eq!(a.binary, "/new/shim");
         assert_eq!(a.id, "x1");
+    }
+
+    #[test]
+    fn the_daemon_form_parses_back() {
+        let a = parse("-namespace default -address /run/c.sock -publish-binary /usr/bin/containerd -id x1 -debug start");
+        let d = a.for_daemon("unix:///run/containerd/s/abc");
+        let argv: Vec<String> = d
+            .daemon_argv()
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect();
+        assert_eq!(Args::parse(argv).unwrap(), d);
+        assert_eq!(d.action, Action::Serve);
+        assert_eq!(d.socket, "unix:///run/containerd/s/abc");
+        assert_eq!((d.namespace.as_str(), d.id.as_str()), ("default", "x1"));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! | module | protocol concept |
 //! | --- | --- |
 //! | [`args`] | containerd's shim flags |
+//! | [`cgroup_warm`] | the cgroup migration lock kept warm for the first Create |
 //! | [`start`] | `start`: socket naming, grouping, daemonizing |
 //! | [`delete`] | `delete`: cleanup after a dead shim |
 //! | [`server`] | the daemon: startup (fresh or inherited), SIGCHLD, SIGUSR2, idle exit, shutdown |
@@ -25,6 +26,7 @@
 //! | [`plugins`] | policy and lifecycle plugins at create, start and exit |
 
 pub mod args;
+pub mod cgroup_warm;
 pub mod delete;
 pub mod error;
 pub mod events;
@@ -119,8 +121,15 @@ pub fn main(profile: Profile) -> ! {
             if sink.is_some() {
                 init_logging(&args, sink);
             }
-            match start::run(&args).and_then(|a| start::print_address(&a)) {
-                Ok(()) => std::process::exit(0),
+            match start::run(&args) {
+                Ok(start::Outcome::Address(a)) => match start::print_address(&a) {
+                    Ok(()) => std::process::exit(0),
+                    Err(e) => fail(&format!("start: {e}")),
+                },
+                // The child `start` forked: the daemon.
+                Ok(start::Outcome::Daemon(daemon, listener)) => {
+                    serve(&daemon, profile, server::Origin::Forked(listener))
+                }
                 Err(e) => fail(&format!("start: {e}")),
             }
         }
@@ -147,33 +156,53 @@ pub fn main(profile: Profile) -> ! {
         }
         Action::Serve => {
             // A successor of a live swap inherits everything, its log FIFO
-            // included; a fresh daemon opens the `log` FIFO containerd reads
-            // in the bundle (our working directory).
-            let inherited = match handover::inherited() {
-                Some(Ok(fd)) => Some(fd),
+            // included.
+            let origin = match handover::inherited() {
+                Some(Ok(fd)) => server::Origin::Successor(fd),
                 Some(Err(e)) => fail(&e),
-                None => None,
+                None => server::Origin::Executed,
             };
-            let log = match &inherited {
-                Some(memfd) => handover::Handover::read(memfd)
-                    .ok()
-                    .and_then(|h| h.log)
-                    .and_then(inherited_log),
-                None => open_log_fifo(),
-            };
-            if let Some(f) = &log {
-                handover::set_log_fd(std::os::fd::AsRawFd::as_raw_fd(f));
-            }
-            init_logging(&args, log);
-            match server::serve(&args, profile, inherited) {
-                Ok(()) => std::process::exit(0),
-                Err(e) => {
-                    tracing::error!("{e}");
-                    std::process::exit(1)
-                }
-            }
+            serve(&args, profile, origin)
         }
     }
+}
+
+/// The daemon: a fresh one or the successor of a live swap. Logs go to
+/// the `log` FIFO containerd reads in the bundle (our working directory),
+/// or to the one the previous binary handed over.
+fn serve(args: &Args, profile: Profile, origin: server::Origin) -> ! {
+    let log = match &origin {
+        server::Origin::Successor(memfd) => handover::Handover::read(memfd)
+            .ok()
+            .and_then(|h| h.log)
+            .and_then(inherited_log),
+        _ => open_log_fifo(),
+    };
+    if let Some(f) = &log {
+        handover::set_log_fd(std::os::fd::AsRawFd::as_raw_fd(f));
+    }
+    init_logging(args, log);
+    DAEMON_ARGV.get_or_init(|| args.daemon_argv());
+    match server::serve(args, profile, origin) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            tracing::error!("{e}");
+            std::process::exit(1)
+        }
+    }
+}
+
+/// The daemon's arguments (without the program name), as a live swap
+/// passes them to the next binary.
+static DAEMON_ARGV: std::sync::OnceLock<Vec<std::ffi::OsString>> = std::sync::OnceLock::new();
+
+/// The arguments the daemon serves with (without the program name): not
+/// the command line when `start` forked it, which ends in `start`.
+pub fn daemon_argv() -> Vec<std::ffi::OsString> {
+    DAEMON_ARGV
+        .get()
+        .cloned()
+        .unwrap_or_else(|| std::env::args_os().skip(1).collect())
 }
 
 fn fail(msg: &str) -> ! {
@@ -204,20 +233,39 @@ fn inherited_log(fd: std::os::fd::RawFd) -> Option<std::fs::File> {
     Some(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
+/// Where log lines go: a file (the log FIFO, /dev/null), else stderr. A
+/// forked daemon replaces `start`'s file with its own (the subscriber is
+/// global and set once).
+static LOG_SINK: std::sync::Mutex<Option<std::fs::File>> = std::sync::Mutex::new(None);
+
+struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &mut *LOG_SINK.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(f) => f.write(buf),
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn init_logging(args: &Args, file: Option<std::fs::File>) {
+    *LOG_SINK.lock().unwrap_or_else(|p| p.into_inner()) = file;
+    static SUBSCRIBER: std::sync::Once = std::sync::Once::new();
+    SUBSCRIBER.call_once(|| set_subscriber(args));
+}
+
+fn set_subscriber(args: &Args) {
     let level = if args.debug { "debug" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("HUSK_SHIM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
+    let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(false);
-    match file {
-        Some(f) => {
-            let f = std::sync::Mutex::new(f);
-            let _ = builder.with_writer(f).try_init();
-        }
-        None => {
-            let _ = builder.with_writer(std::io::stderr).try_init();
-        }
-    }
+        .with_ansi(false)
+        .with_writer(|| LogWriter)
+        .try_init();
 }

@@ -12,6 +12,7 @@ use containerd_shim_protos::shim_async::create_task;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::args::Args;
+use crate::cgroup_warm::Warm;
 use crate::error::{Result, ShimError};
 use crate::events::{Publisher, Target};
 use crate::service::{Shim, TaskService};
@@ -25,16 +26,33 @@ use crate::{reaper, runtime_root, start, Profile};
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const IDLE_TIMEOUT_ENV: &str = "HUSK_SHIM_IDLE_TIMEOUT";
 
-/// Serves: a fresh shim (`handover` is `None`) or the successor of a live
-/// swap.
-pub fn serve(args: &Args, profile: Profile, handover: Option<OwnedFd>) -> Result<()> {
+/// How the daemon came to be.
+pub enum Origin {
+    /// Forked by `start`, with the socket it bound.
+    Forked(OwnedFd),
+    /// Executed with the socket on fd 3 (by a `start` from before it
+    /// forked).
+    Executed,
+    /// Executed by a live swap, with the handover memfd.
+    Successor(OwnedFd),
+}
+
+/// Serves: a fresh shim or the successor of a live swap.
+pub fn serve(args: &Args, profile: Profile, origin: Origin) -> Result<()> {
     args.require_id()?;
-    let inheritance = match handover {
-        Some(memfd) => match swap::take_over(&memfd, profile) {
+    // A fresh shim's Create comes within milliseconds: the kernel's wait
+    // for the cgroup lock starts now (see cgroup_warm.rs).
+    let startup_warm = match origin {
+        Origin::Successor(_) => None,
+        _ => Warm::start(),
+    };
+    let inheritance = match origin {
+        Origin::Successor(memfd) => match swap::take_over(&memfd, profile) {
             Ok(i) => i,
             Err((why, h)) => swap::roll_back(memfd, h, &why),
         },
-        None => fresh(args, profile)?,
+        Origin::Forked(listener) => fresh(args, profile, listener)?,
+        Origin::Executed => fresh(args, profile, start::inherited_listener()?)?,
     };
     // Set by the first binary; kept across execve (the kernel keeps it in
     // the signal struct), set again in case an older binary did not.
@@ -49,11 +67,10 @@ pub fn serve(args: &Args, profile: Profile, handover: Option<OwnedFd>) -> Result
         .thread_keep_alive(Duration::from_secs(5))
         .build()
         .map_err(ShimError::io("start the tokio runtime"))?;
-    rt.block_on(run(inheritance, profile))
+    rt.block_on(run(inheritance, profile, startup_warm))
 }
 
-fn fresh(args: &Args, profile: Profile) -> Result<Inheritance> {
-    let listener = start::inherited_listener()?;
+fn fresh(args: &Args, profile: Profile, listener: OwnedFd) -> Result<Inheritance> {
     let bundle = start::bundle_dir(args)?;
     let now = ExitRecord::now(0).at_secs;
     let state = ShimState {
@@ -83,7 +100,7 @@ fn fresh(args: &Args, profile: Profile) -> Result<Inheritance> {
     })
 }
 
-async fn run(inh: Inheritance, profile: Profile) -> Result<()> {
+async fn run(inh: Inheritance, profile: Profile, startup_warm: Option<Warm>) -> Result<()> {
     // Before anything can start a child, so no SIGCHLD is missed.
     let mut sigchld = signal(SignalKind::child()).map_err(ShimError::io("watch SIGCHLD"))?;
     let mut sigusr2 =
@@ -110,6 +127,7 @@ async fn run(inh: Inheritance, profile: Profile) -> Result<()> {
         tracing::warn!("took the shim back after a failed swap: {why}");
     }
     let shim = Arc::new(Shim::new(state, events));
+    *shim.startup_warm.lock().unwrap_or_else(|p| p.into_inner()) = startup_warm;
     crate::plugins::preload(&shim.plugins);
     swap::restore_io(&shim, inh.io);
     let swapper = Swapper::new(Arc::clone(&shim), profile);

@@ -8,9 +8,7 @@
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
@@ -22,7 +20,8 @@ use crate::plugins;
 pub const SOCKET_DIR: &str = "/run/containerd/s";
 /// The annotation CRI puts on every container of a pod.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
-/// The fd the daemon finds its listening socket on.
+/// The fd a daemon executed by `start` (before it forked instead) found
+/// its listening socket on.
 pub const LISTENER_FD: i32 = 3;
 
 /// containerd's socket naming: sha256 of `<containerd address>/<ns>/<id>`.
@@ -85,8 +84,18 @@ pub fn bundle_dir(args: &Args) -> Result<PathBuf> {
     std::env::current_dir().map_err(ShimError::io("read the current directory (the bundle)"))
 }
 
-/// Runs `start`: returns the address printed to containerd.
-pub fn run(args: &Args) -> Result<String> {
+/// What `start` goes on to do after [`run`].
+pub enum Outcome {
+    /// This is `start`: print the address and exit.
+    Address(String),
+    /// This is the daemon `start` forked: serve on this listening socket
+    /// with these arguments.
+    Daemon(Args, OwnedFd),
+}
+
+/// Runs `start`: the address to print to containerd, or, in the child it
+/// forked, the daemon's arguments.
+pub fn run(args: &Args) -> Result<Outcome> {
     args.require_id()?;
     let preload = plugins::config_in_start_options(&drain_bootstrap_params());
     let bundle = bundle_dir(args)?;
@@ -100,7 +109,7 @@ pub fn run(args: &Args) -> Result<String> {
             if UnixStream::connect(&path).is_ok() {
                 // The group's shim is up: containerd creates the task there.
                 write_bundle_file(&bundle, "address", &address)?;
-                return Ok(address);
+                return Ok(Outcome::Address(address));
             }
             tracing::info!(socket = path, "removing a stale shim socket");
             std::fs::remove_file(&path)
@@ -109,8 +118,18 @@ pub fn run(args: &Args) -> Result<String> {
         }
         Err(e) => return Err(ShimError::io(format!("bind shim socket {path}"))(e)),
     };
-    let pid = match spawn_daemon(args, &bundle, &address, listener.as_raw_fd(), preload) {
-        Ok(pid) => pid,
+    let pid = match fork_daemon() {
+        Ok(Some(pid)) => pid,
+        Ok(None) => {
+            if let Some(config) = preload {
+                // Single-threaded still: nothing else reads the environment.
+                std::env::set_var(plugins::PRELOAD_ENV, config);
+            }
+            return Ok(Outcome::Daemon(
+                args.for_daemon(&address),
+                OwnedFd::from(listener),
+            ));
+        }
         Err(e) => {
             let _ = std::fs::remove_file(&path);
             return Err(e);
@@ -119,63 +138,87 @@ pub fn run(args: &Args) -> Result<String> {
     drop(listener);
     write_bundle_file(&bundle, "shim.pid", &pid.to_string())?;
     write_bundle_file(&bundle, "address", &address)?;
-    Ok(address)
+    Ok(Outcome::Address(address))
 }
 
-fn spawn_daemon(
-    args: &Args,
-    bundle: &Path,
-    address: &str,
-    listener: i32,
-    plugin_config: Option<PathBuf>,
-) -> Result<u32> {
-    let exe = std::fs::read_link("/proc/self/exe")
-        .map_err(ShimError::io("find the shim's own binary"))?;
-    let mut cmd = Command::new(exe);
-    cmd.args([
-        "-namespace",
-        &args.namespace,
-        "-id",
-        &args.id,
-        "-address",
-        &args.address,
-    ]);
-    cmd.args(["-publish-binary", &args.publish_binary, "-socket", address]);
-    if args.debug {
-        cmd.arg("-debug");
-    }
-    if let Some(config) = plugin_config {
-        cmd.env(plugins::PRELOAD_ENV, config);
-    }
-    cmd.current_dir(bundle)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: only async-signal-safe calls (setsid, dup2, fcntl) run
-    // between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if listener == LISTENER_FD {
-                let flags = libc::fcntl(LISTENER_FD, libc::F_GETFD);
-                if flags < 0
-                    || libc::fcntl(LISTENER_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
-                {
-                    return Err(std::io::Error::last_os_error());
+/// Forks the daemon: `Some(pid)` in `start`, `None` in the daemon, which
+/// is in a session of its own with stdio on /dev/null (containerd reads
+/// `start`'s output until every writer is gone).
+///
+/// A fork, not an exec of this binary as Go shims must do: `start` has no
+/// thread yet, and the daemon starts with everything `start` already
+/// loaded and touched, instead of paying a second exec, dynamic loading
+/// and relocation before it can accept containerd's Create.
+fn fork_daemon() -> Result<Option<u32>> {
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(ShimError::io("open /dev/null for the daemon's stdio"))?;
+    // SAFETY: `start` is single-threaded (no runtime, no thread has been
+    // started), so the child may go on running any code.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Some(child.as_raw() as u32)),
+        Ok(nix::unistd::ForkResult::Child) => {
+            let detach = || -> std::io::Result<()> {
+                nix::unistd::setsid()?;
+                for fd in 0..3 {
+                    if null.as_raw_fd() != fd {
+                        // SAFETY: dup2 onto stdio; `null` stays open.
+                        if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
                 }
-            } else if libc::dup2(listener, LISTENER_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
+                Ok(())
+            };
+            if let Err(e) = detach() {
+                tracing::error!("detaching the forked shim daemon: {e}");
+                std::process::exit(1);
             }
-            Ok(())
-        });
+            drop(null);
+            hide_start_argument();
+            Ok(None)
+        }
+        Err(e) => Err(ShimError::io("fork the shim daemon")(e.into())),
     }
-    let child = cmd
-        .spawn()
-        .map_err(ShimError::io("start the shim daemon"))?;
-    // It runs on its own (setsid); when we exit it is reparented.
-    Ok(child.id())
+}
+
+/// Blanks `start`'s action out of the daemon's command line (which `ps`
+/// shows; the daemon of a Go shim has none): the argument area is this
+/// process's own memory, rewritten through /proc/self/mem as
+/// setproctitle(3) does. Best effort; nothing reads our arguments again
+/// (the daemon's are in [`Args`], and `crate::daemon_argv`).
+fn hide_start_argument() {
+    use std::os::unix::fs::FileExt;
+    const ACTION: &[u8] = b"start\0";
+    let Ok(cmdline) = std::fs::read("/proc/self/cmdline") else {
+        return;
+    };
+    let Some(at) = cmdline
+        .strip_suffix(ACTION)
+        .filter(|k| k.ends_with(b"\0"))
+        .map(<[u8]>::len)
+    else {
+        return;
+    };
+    // Field 48 of /proc/self/stat: arg_start (fields counted from 1, the
+    // third is the first after the parenthesized command name).
+    let arg_start = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let after_comm = s.get(s.rfind(')')? + 2..)?;
+            after_comm.split(' ').nth(48 - 3)?.parse::<u64>().ok()
+        });
+    let written = arg_start.map(|start| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/proc/self/mem")
+            .and_then(|mem| mem.write_all_at(&[0; ACTION.len() - 1], start + at as u64))
+    });
+    if let Some(Err(e)) = written {
+        tracing::debug!("the daemon's command line keeps `start`: {e}");
+    }
 }
 
 fn write_bundle_file(bundle: &Path, name: &str, contents: &str) -> Result<()> {
@@ -223,7 +266,8 @@ pub fn print_address(address: &str) -> Result<()> {
         .map_err(ShimError::io("print the shim address"))
 }
 
-/// The listener `start` passed to the daemon.
+/// The listener on fd [`LISTENER_FD`], for a daemon executed (not
+/// forked) by an older `start`.
 pub fn inherited_listener() -> Result<OwnedFd> {
     // SAFETY: fd 3 is checked to be a socket before it is owned.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(LISTENER_FD) };

@@ -216,7 +216,7 @@ impl Swapper {
                     Err(e) => e,
                     Ok(cleared) => {
                         let mut argv: Vec<OsString> = vec![target.clone().into_os_string()];
-                        argv.extend(std::env::args_os().skip(1));
+                        argv.extend(crate::daemon_argv());
                         tracing::info!(new = %target.display(), "executing the new binary");
                         let e = handover::exec(
                             &exe,
