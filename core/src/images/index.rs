@@ -79,20 +79,7 @@ impl ImageIndex {
 /// new content: a temp file in the same directory, fsync, rename over
 /// `path`, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .expect("metadata files live in a directory")
-        .to_path_buf();
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(&dir)
-        .ctx(|| format!("creating a temp file in {}", dir.display()))?;
-    tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .ctx(|| format!("writing {}", tmp.path().display()))?;
-    tmp.persist(path)
-        .map_err(|e| ImageError::io(format!("renaming onto {}", path.display()), e.error))?;
-    fsync_dir(&dir)
+    write_via_temp_file(path, bytes, true)
 }
 
 /// Writes `bytes` to `path` so that a crash of this process leaves either
@@ -100,6 +87,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// files that need not outlive a reboot (a `--rm` container's record, the
 /// lease of a volatile rootfs), whose loss there costs nothing.
 pub fn write_replace(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_via_temp_file(path, bytes, false)
+}
+
+fn write_via_temp_file(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     let dir = path
         .parent()
         .expect("metadata files live in a directory")
@@ -109,9 +100,19 @@ pub fn write_replace(path: &Path, bytes: &[u8]) -> Result<()> {
         .tempfile_in(&dir)
         .ctx(|| format!("creating a temp file in {}", dir.display()))?;
     tmp.write_all(bytes)
+        .and_then(|()| {
+            if durable {
+                tmp.as_file().sync_all()
+            } else {
+                Ok(())
+            }
+        })
         .ctx(|| format!("writing {}", tmp.path().display()))?;
     tmp.persist(path)
         .map_err(|e| ImageError::io(format!("renaming onto {}", path.display()), e.error))?;
+    if durable {
+        fsync_dir(&dir)?;
+    }
     Ok(())
 }
 

@@ -133,6 +133,20 @@ pub struct CreateReply {
     pub reports: Vec<Report>,
 }
 
+/// A spec's annotations as the hooks get them: pairs sorted by key.
+pub fn sorted_annotations(
+    annotations: Option<&std::collections::HashMap<String, String>>,
+) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = annotations
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+/// Which plugin denied the container, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Denial {
     pub plugin: String,

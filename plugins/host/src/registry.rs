@@ -102,18 +102,9 @@ pub struct HookReport {
     pub outcome: Outcome,
 }
 
-/// Which plugin denied the container, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Denial {
-    pub plugin: String,
-    pub reason: String,
-}
-
-impl std::fmt::Display for Denial {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "denied by policy {}: {}", self.plugin, self.reason)
-    }
-}
+/// Which plugin denied the container, and why (the type the plugin
+/// service sends its clients).
+pub use husk_plugin_client::protocol::Denial;
 
 /// The result of `on_create` over all plugins.
 #[derive(Debug, Clone)]

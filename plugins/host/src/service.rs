@@ -26,8 +26,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::bindings::{ExitEvent, ExitStatus, KeyValue, StartEvent, Timestamp};
 use crate::protocol::{
-    self, CreateReply, CreateRequest, Denial, ErrorKind, Exited, Note, Op, Reply, Report, Request,
-    Started, VersionOnly,
+    self, CreateReply, CreateRequest, ErrorKind, Exited, Note, Op, Reply, Report, Request, Started,
+    VersionOnly,
 };
 use crate::registry::{HookReport, Outcome};
 use crate::{endpoint, mutation, ContainerContext, Error, PluginHost};
@@ -375,19 +375,10 @@ impl Service {
                 )
             }
         };
-        let mut annotations: Vec<(String, String)> = edited
-            .unwrap_or(&spec)
-            .annotations()
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        annotations.sort();
+        let annotations =
+            protocol::sorted_annotations(edited.unwrap_or(&spec).annotations().as_ref());
         Reply::Created(CreateReply {
-            denial: decision.denial().map(|d| Denial {
-                plugin: d.plugin.clone(),
-                reason: d.reason.clone(),
-            }),
+            denial: decision.denial().cloned(),
             edits: decision
                 .edits
                 .iter()

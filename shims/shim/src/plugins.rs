@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use husk_plugin_client::client::{Client, ClientError};
 use husk_plugin_client::config::{Hook, HostConfig, Mode, OnError};
-use husk_plugin_client::protocol::{CreateRequest, Exited, Op, Reply, Report, Started};
+use husk_plugin_client::protocol::{self, CreateRequest, Exited, Op, Reply, Report, Started};
 use protobuf::well_known_types::any::Any;
 use serde::Serialize;
 
@@ -313,13 +313,7 @@ fn unavailable(config: PathBuf, id: &str, spec_path: &Path, e: &ClientError) -> 
     let spec = husk_runtime::spec::parse(&text).map_err(|reason| {
         ShimError::InvalidArgument(format!("{}: {reason}", spec_path.display()))
     })?;
-    let mut annotations: Vec<(String, String)> = spec
-        .annotations()
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    annotations.sort();
+    let annotations = protocol::sorted_annotations(spec.annotations().as_ref());
     Ok(Binding {
         config,
         annotations,
