@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use husk_tests::runtime_bin::profile_dir_of;
 use husk_tests::stats::Summary;
-use husk_tests::{unique_id, Containerd, ContainerdOptions, ImageBuilder};
+use husk_tests::{unique_id, Containerd, ContainerdOptions};
 
 const DEFAULT_ITERS: usize = 30;
 const IMAGE: &str = "husk.test/busybox:latest";
@@ -54,13 +54,11 @@ fn main() -> ExitCode {
         .prefix("husk-bench-shim-")
         .tempdir()
         .unwrap();
-    let tar = tmp.path().join("busybox.tar");
-    ImageBuilder::busybox().write_tar(&tar);
     let ctd = Containerd::start_with(ContainerdOptions {
         path_prepend: vec![dir.clone()],
         ..Default::default()
     });
-    ctd.import_image(&tar, "husk.test/busybox");
+    ctd.import_busybox(tmp.path());
     husk_tests::stats::print_load();
 
     // Warm up both (page cache, snapshot).

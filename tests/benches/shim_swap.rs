@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use containerd_shim_protos::api;
 use husk_tests::runtime_bin::profile_dir_of;
 use husk_tests::stats::{bench_rounds, percentile, print_load};
-use husk_tests::{unique_id, Containerd, ContainerdOptions, ImageBuilder};
+use husk_tests::{unique_id, Containerd, ContainerdOptions};
 
 const IMAGE: &str = "husk.test/busybox:latest";
 const RUNTIME: &str = "io.containerd.husk.v2";
@@ -53,13 +53,11 @@ fn main() -> ExitCode {
         .prefix("husk-bench-swap-")
         .tempdir()
         .unwrap();
-    let tar = tmp.path().join("busybox.tar");
-    ImageBuilder::busybox().write_tar(&tar);
     let ctd = Containerd::start_with(ContainerdOptions {
         path_prepend: vec![dir.clone()],
         ..Default::default()
     });
-    ctd.import_image(&tar, "husk.test/busybox");
+    ctd.import_busybox(tmp.path());
     let binaries = [dir.join(SHIM), copy_of(&dir.join(SHIM), tmp.path())];
 
     let id = unique_id("bench-swap");

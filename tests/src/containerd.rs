@@ -252,6 +252,14 @@ disabled_plugins = [{disabled}]
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Writes the test busybox image as a layout tar into `scratch` and
+    /// imports it as `husk.test/busybox:latest`.
+    pub fn import_busybox(&self, scratch: &Path) {
+        let tar = scratch.join("busybox.tar");
+        crate::ImageBuilder::busybox().write_tar(&tar);
+        self.import_image(&tar, "husk.test/busybox");
+    }
+
     /// Imports an OCI layout tar with `ctr image import --base-name NAME`;
     /// the image is then `NAME:<ref name>`. Returns ctr's output.
     pub fn import_image(&self, layout_tar: &Path, base_name: &str) -> String {

@@ -3,9 +3,7 @@
 //! `containerd-shim-runc-v2 --runc-binary husk-runtime`.
 
 use husk_tests::leaks::assert_no_leaks;
-use husk_tests::{
-    husk_runtime_bin, require_command, require_root, unique_id, Containerd, ImageBuilder,
-};
+use husk_tests::{husk_runtime_bin, require_command, require_root, unique_id, Containerd};
 
 const IMAGE: &str = "husk.test/busybox:latest";
 
@@ -15,10 +13,8 @@ fn containerd_with_image() -> (Containerd, tempfile::TempDir) {
         .prefix("husk-ctr-")
         .tempdir()
         .unwrap();
-    let tar = tmp.path().join("busybox.tar");
-    ImageBuilder::busybox().write_tar(&tar);
     let ctd = Containerd::start();
-    ctd.import_image(&tar, "husk.test/busybox");
+    ctd.import_busybox(tmp.path());
     (ctd, tmp)
 }
 

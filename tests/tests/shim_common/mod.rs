@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use husk_tests::runtime_bin::profile_dir_of;
-use husk_tests::{Containerd, ContainerdOptions, ImageBuilder};
+use husk_tests::{Containerd, ContainerdOptions};
 
 pub const IMAGE: &str = "husk.test/busybox:latest";
 pub const NATIVE: &str = "io.containerd.husk.v2";
@@ -40,12 +40,10 @@ pub fn containerd_with(opts: ContainerdOptions) -> Env {
         .prefix("husk-shimtest-")
         .tempdir()
         .unwrap();
-    let tar = tmp.path().join("busybox.tar");
-    ImageBuilder::busybox().write_tar(&tar);
     let mut opts = opts;
     opts.path_prepend.insert(0, shim_dir());
     let ctd = Containerd::start_with(opts);
-    ctd.import_image(&tar, "husk.test/busybox");
+    ctd.import_busybox(tmp.path());
     Env { ctd, tmp }
 }
 
