@@ -96,6 +96,22 @@ fn is_executable(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Brings up `lo` in the network namespace of process `pid`, as the host
+/// (or CNI) grants a container its network: the container itself may lack
+/// CAP_NET_ADMIN.
+pub fn bring_up_loopback_of(pid: u32) {
+    crate::command::output_ok(std::process::Command::new("nsenter").args([
+        "-t",
+        &pid.to_string(),
+        "-n",
+        "ip",
+        "link",
+        "set",
+        "lo",
+        "up",
+    ]));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use core_common::{alive, bin_dir, Huskd, IMAGE};
 use husk_tests::http_poll::{http_get, Poller};
-use husk_tests::{command, require_root};
+use husk_tests::require_root;
 
 const COUNTER: &str = "i=0; while true; do echo $i; i=$((i+1)); usleep 10000; done";
 const HTTPD: &str =
@@ -62,16 +62,7 @@ fn husk_shim_upgrade_twenty_times_under_a_counter() {
         .to_string();
     let web_pid = d.inspect(&web)["pid"].as_u64().unwrap() as u32;
     let netns = std::path::PathBuf::from(format!("/proc/{web_pid}/ns/net"));
-    command::output_ok(std::process::Command::new("nsenter").args([
-        "-t",
-        &web_pid.to_string(),
-        "-n",
-        "ip",
-        "link",
-        "set",
-        "lo",
-        "up",
-    ]));
+    husk_tests::host::bring_up_loopback_of(web_pid);
     {
         let ns = std::fs::File::open(&netns).unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);

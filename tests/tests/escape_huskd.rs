@@ -67,16 +67,7 @@ fn hardened_serves_http_under_huskd_when_the_host_grants_loopback() {
     assert!(!out.trim().is_empty(), "husk run -d printed no id");
     env.d.wait_status(&id, "running");
     let pid = env.d.inspect(&id)["pid"].as_u64().expect("a running pid");
-    command::output_ok(std::process::Command::new("nsenter").args([
-        "-t",
-        &pid.to_string(),
-        "-n",
-        "ip",
-        "link",
-        "set",
-        "lo",
-        "up",
-    ]));
+    husk_tests::host::bring_up_loopback_of(pid as u32);
     // The server starts once it sees the address: retry for a moment.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let page = loop {
