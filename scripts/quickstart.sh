@@ -16,9 +16,14 @@ scripts/build-plugins.sh rust
 bin=$PWD/target/release
 
 work=$(mktemp -d /tmp/husk-quickstart-XXXXXX)
+# A private plugin service too: the shims inherit this from huskd.
+export HUSK_PLUGIND_SOCKET=$work/plugind.sock
 huskd_pid=
 cleanup() {
     [[ -n $huskd_pid ]] && kill "$huskd_pid" 2>/dev/null && wait "$huskd_pid" 2>/dev/null
+    # The plugin service the shims started for this private huskd (it would
+    # otherwise idle for 5 minutes before it exits).
+    pkill -f -- "--socket $HUSK_PLUGIND_SOCKET" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
