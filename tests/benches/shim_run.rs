@@ -13,7 +13,11 @@
 //! wait, delete, shim shutdown). Memory: five `ctr run -d` containers of
 //! `sleep` per shim, each shim serving its running container, then the
 //! mean VmRSS (with its RssAnon and RssFile parts), Pss and Threads of the
-//! shim processes from /proc. The husk shim is `target/release/containerd-shim-husk-v2`
+//! shim processes from /proc, and where one shim's resident pages are (per
+//! mapping, from /proc/PID/smaps). Each is the long-lived shim process
+//! itself: husk's short-lived workers (forked for create, start, delete and
+//! the other runtime calls) have exited by then, as runc has for runc's
+//! shim. The husk shim is `target/release/containerd-shim-husk-v2`
 //! (next to this bench executable). The load average is printed before and
 //! after: the machine is shared.
 
@@ -100,6 +104,10 @@ fn main() -> ExitCode {
             "{name:<12} {:>9.1} {:>10.1} {:>10.1} {:>9.1} {:>8.1}",
             f.rss, f.anon, f.file, f.pss, f.threads
         );
+        println!(
+            "             resident kB by mapping (one shim): {}",
+            f.mappings
+        );
         rss.push(f.rss);
     }
     println!(
@@ -135,6 +143,8 @@ struct Footprint {
     file: f64,
     pss: f64,
     threads: f64,
+    /// One shim's resident kB per mapping, largest first.
+    mappings: String,
 }
 
 /// The mean footprint of the shims of five sleeping containers of
@@ -181,6 +191,7 @@ fn footprint(ctd: &Containerd, runtime: &str) -> Footprint {
         file: 0.0,
         pss: 0.0,
         threads: 0.0,
+        mappings: shims.first().map(|&p| mappings(p)).unwrap_or_default(),
     };
     for pid in &shims {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -218,5 +229,44 @@ fn footprint(ctd: &Containerd, runtime: &str) -> Footprint {
         file: sum.file / n,
         pss: sum.pss / n,
         threads: sum.threads / n,
+        mappings: sum.mappings,
     }
+}
+
+/// Resident kB of `pid` per mapping (the file's name with its permissions,
+/// or `[heap]`, `[stack]`, `[anon]`), largest first, e.g. `binary r-xp 700,
+/// libc.so.6 r-xp 580, [heap] 300, ...`.
+fn mappings(pid: u32) -> String {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut by: Vec<(String, u64)> = Vec::new();
+    let mut current = String::new();
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields
+            .first()
+            .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
+        {
+            let perms = fields.get(1).copied().unwrap_or("");
+            current = match fields.get(5) {
+                Some(path) if path.starts_with('[') => (*path).to_string(),
+                Some(path) => {
+                    let file = path.rsplit('/').next().unwrap_or(path);
+                    format!("{file} {perms}")
+                }
+                None => "[anon]".to_string(),
+            };
+        } else if fields.first() == Some(&"Rss:") {
+            let kb: u64 = fields.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+            match by.iter_mut().find(|(n, _)| *n == current) {
+                Some((_, total)) => *total += kb,
+                None => by.push((current.clone(), kb)),
+            }
+        }
+    }
+    by.retain(|(_, kb)| *kb > 0);
+    by.sort_by(|a, b| b.1.cmp(&a.1));
+    by.iter()
+        .map(|(n, kb)| format!("{n} {kb}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

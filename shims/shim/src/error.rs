@@ -29,6 +29,10 @@ pub enum ShimError {
     /// A policy plugin refused the container: `denied by policy NAME: REASON`.
     #[error("{0}")]
     Denied(String),
+    /// An error a worker process answered with (see `worker.rs`): its
+    /// code and message, as they reached the worker's caller.
+    #[error("{1}")]
+    Coded(Code, String),
 }
 
 pub type Result<T, E = ShimError> = std::result::Result<T, E>;
@@ -48,6 +52,7 @@ impl ShimError {
             ShimError::InvalidArgument(_) => Code::INVALID_ARGUMENT,
             ShimError::NotImplemented(_) => Code::UNIMPLEMENTED,
             ShimError::Denied(_) => Code::PERMISSION_DENIED,
+            ShimError::Coded(code, _) => *code,
             ShimError::Runtime(e) => match e {
                 R::NotFound { .. } => Code::NOT_FOUND,
                 R::AlreadyExists(_) => Code::ALREADY_EXISTS,

@@ -385,7 +385,7 @@ impl IoHandover {
 }
 
 /// Registers `fd` with the event loop of the current tokio runtime.
-fn watch(
+pub(crate) fn watch(
     fd: OwnedFd,
     interest: tokio::io::Interest,
 ) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {

@@ -16,6 +16,7 @@
 //! | [`swap`] | live shim swap: probe, quiesce, exec, take over, roll back; `husk.shim.v1.Shim` |
 //! | [`handover`] | the state and descriptors passed across `execve` |
 //! | [`upgrade`] | `upgrade`: asking a running shim to swap |
+//! | [`worker`] | short-lived forked workers for the runtime library's calls |
 //! | [`service`] | the Task service |
 //! | [`state`] | all state, in one serializable struct |
 //! | [`reaper`] | subreaper, reaping by pid, orphan sweep |
@@ -44,6 +45,7 @@ pub mod state;
 pub mod swap;
 pub mod ttrpc_server;
 pub mod upgrade;
+pub mod worker;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -127,8 +129,8 @@ pub fn main(profile: Profile) -> ! {
                     Err(e) => fail(&format!("start: {e}")),
                 },
                 // The child `start` forked: the daemon.
-                Ok(start::Outcome::Daemon(daemon, listener)) => {
-                    serve(&daemon, profile, server::Origin::Forked(listener))
+                Ok(start::Outcome::Daemon(daemon, listener, warm)) => {
+                    serve(&daemon, profile, server::Origin::Forked(listener, warm))
                 }
                 Err(e) => fail(&format!("start: {e}")),
             }
@@ -235,17 +237,24 @@ fn inherited_log(fd: std::os::fd::RawFd) -> Option<std::fs::File> {
 
 /// Where log lines go: a file (the log FIFO, /dev/null), else stderr. A
 /// forked daemon replaces `start`'s file with its own (the subscriber is
-/// global and set once).
-static LOG_SINK: std::sync::Mutex<Option<std::fs::File>> = std::sync::Mutex::new(None);
+/// global and set once). A descriptor, not a locked `File`: a worker
+/// (`worker.rs`) forked while another thread was writing a line must not
+/// find a lock held forever.
+static LOG_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
 struct LogWriter;
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match &mut *LOG_SINK.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(f) => f.write(buf),
-            None => std::io::stderr().write(buf),
+        let fd = LOG_FD.load(std::sync::atomic::Ordering::Acquire);
+        if fd < 0 {
+            return std::io::stderr().write(buf);
         }
+        // SAFETY: LOG_FD holds a descriptor this process opened and never
+        // closes while it is set (init_logging swaps it only before any
+        // other thread exists).
+        let f = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        Ok(nix::unistd::write(f, buf)?)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -253,8 +262,19 @@ impl Write for LogWriter {
     }
 }
 
+/// The log's descriptor, if logging goes to a file.
+pub(crate) fn log_fd() -> Option<std::os::fd::RawFd> {
+    Some(LOG_FD.load(std::sync::atomic::Ordering::Acquire)).filter(|fd| *fd >= 0)
+}
+
 fn init_logging(args: &Args, file: Option<std::fs::File>) {
-    *LOG_SINK.lock().unwrap_or_else(|p| p.into_inner()) = file;
+    use std::os::fd::IntoRawFd;
+    let fd = file.map(IntoRawFd::into_raw_fd).unwrap_or(-1);
+    let old = LOG_FD.swap(fd, std::sync::atomic::Ordering::AcqRel);
+    if old >= 0 {
+        // SAFETY: the previous sink's descriptor, owned by LOG_FD until now.
+        drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(old) });
+    }
     static SUBSCRIBER: std::sync::Once = std::sync::Once::new();
     SUBSCRIBER.call_once(|| set_subscriber(args));
 }

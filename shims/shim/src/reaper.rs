@@ -10,9 +10,13 @@
 //!
 //! Orphans the shim does not know (descendants of a container without its
 //! own pid namespace) are reaped by a sweep over the main thread's
-//! children. The runtime library runs on blocking-pool threads, whose
-//! children are listed under those threads, so the sweep never touches
-//! them; orphans are reparented to the thread-group leader, the main
+//! children. The runtime library runs in worker processes (`worker.rs`),
+//! which wait for their own children (intermediates, hooks); the workers
+//! themselves are the main thread's children, reaped by the code waiting
+//! for their answers, so the sweep skips them. The few children the shim
+//! spawns on blocking-pool threads (the publish binary, a swap's probe)
+//! are listed under those threads, so the sweep never touches them;
+//! orphans are reparented to the thread-group leader, the main
 //! thread. The sweep is skipped while a launch is in flight, because the
 //! launched process can be reparented before its pid is recorded; the
 //! launch sweeps once it has recorded the pid, so an orphan that died in
@@ -91,7 +95,8 @@ pub fn sweep_orphans(state: &ShimState) {
         .split_whitespace()
         .filter_map(|p| p.parse::<i32>().ok())
     {
-        if state.knows_pid(pid) {
+        // A live worker is reaped by whoever waits for its answer.
+        if state.knows_pid(pid) || crate::worker::is_worker(pid) {
             continue;
         }
         if matches!(sys::process_start_time(pid), Ok((_, 'Z'))) {

@@ -28,8 +28,9 @@ pub const IDLE_TIMEOUT_ENV: &str = "HUSK_SHIM_IDLE_TIMEOUT";
 
 /// How the daemon came to be.
 pub enum Origin {
-    /// Forked by `start`, with the socket it bound.
-    Forked(OwnedFd),
+    /// Forked by `start`, with the socket it bound and the cgroup lock
+    /// warm-up it started.
+    Forked(OwnedFd, Option<Warm>),
     /// Executed with the socket on fd 3 (by a `start` from before it
     /// forked).
     Executed,
@@ -42,25 +43,26 @@ pub fn serve(args: &Args, profile: Profile, origin: Origin) -> Result<()> {
     args.require_id()?;
     // A fresh shim's Create comes within milliseconds: the kernel's wait
     // for the cgroup lock starts now (see cgroup_warm.rs).
-    let startup_warm = match origin {
-        Origin::Successor(_) => None,
-        _ => Warm::start(),
-    };
-    let inheritance = match origin {
+    let (startup_warm, inheritance) = match origin {
         Origin::Successor(memfd) => match swap::take_over(&memfd, profile) {
-            Ok(i) => i,
+            Ok(i) => (None, i),
             Err((why, h)) => swap::roll_back(memfd, h, &why),
         },
-        Origin::Forked(listener) => fresh(args, profile, listener)?,
-        Origin::Executed => fresh(args, profile, start::inherited_listener()?)?,
+        Origin::Forked(listener, warm) => (warm, fresh(args, profile, listener)?),
+        Origin::Executed => (
+            Warm::start(),
+            fresh(args, profile, start::inherited_listener()?)?,
+        ),
     };
     // Set by the first binary; kept across execve (the kernel keeps it in
     // the signal struct), set again in case an older binary did not.
     reaper::set_subreaper().map_err(ShimError::io("become a child subreaper"))?;
     // Nothing keeps the bundle busy.
     let _ = std::env::set_current_dir("/");
-    // One thread serves everything; runtime library calls (which block)
-    // run on a small blocking pool whose threads go away when idle.
+    // One thread serves everything; runtime library calls run in worker
+    // processes (worker.rs). The few blocking calls left (the publish
+    // binary, a swap's probe, Shutdown's wait for plugin hooks) run on a
+    // small blocking pool whose threads go away when idle.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(32)

@@ -2,10 +2,15 @@
 //! library, in process: no runc, no runtime binary in between.
 //!
 //! Locking: one `std::sync::Mutex` around [`ShimState`], never held across
-//! an `.await`. Runtime library calls block (they fork, wait, read
-//! cgroupfs), so they run on tokio's blocking pool. That also keeps every
-//! child the library spawns off the main thread (see `reaper.rs`).
+//! an `.await`. Runtime library calls (they fork, wait, read cgroupfs,
+//! mount) run in short-lived worker processes (`worker.rs`), so the
+//! library's code never stays resident in the long-lived daemon, and
+//! the event loop waits for them without blocking. Stdio is opened by
+//! the daemon (it keeps the readers and pumps) and inherited by the
+//! worker, which hands it to the process.
 
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -22,6 +27,7 @@ use crate::events::Publisher;
 use crate::plugins::{self, Plugins};
 use crate::reaper::{self, Reaped};
 use crate::state::{Container, ExitRecord, Proc, ProcStatus, ShimState};
+use crate::worker::{self, Reply};
 use crate::{hardening, io, metrics, rootfs, Profile};
 
 /// Exit status reported for a process the shim had to kill itself.
@@ -112,12 +118,22 @@ impl Shim {
         if r.exec_id.is_empty() {
             // The init is gone: so is the container. Processes that
             // outlived it (no private pid namespace) go too, as with runc.
-            let _ = self.runtime.kill(&r.container, libc::SIGKILL, true);
+            // Then its OOM kills so far. In a worker, waited for here (it
+            // takes about a millisecond): the OOM event comes before the
+            // exit event, which comes before Wait returns.
+            let id = r.container.clone();
+            let oom_kills = worker::run_blocking("exit cleanup", || {
+                let _ = self.runtime.kill(&id, libc::SIGKILL, true);
+                let stats = self.runtime.stats(&id)?;
+                Ok(Reply::pid(stats.oom_kills.min(i32::MAX as u64) as i32))
+            })
+            .inspect_err(|e| tracing::warn!(container = id, "after the init's exit: {e}"));
             let mut oom_killed = false;
-            if let Ok(stats) = self.runtime.stats(&r.container) {
-                if stats.oom_kills > c.oom_kills_reported {
+            if let Ok(Reply { pid: kills, .. }) = oom_kills {
+                let kills = kills as u64;
+                if kills > c.oom_kills_reported {
                     oom_killed = true;
-                    c.oom_kills_reported = stats.oom_kills;
+                    c.oom_kills_reported = kills;
                     self.events.oom(ev::TaskOOM {
                         container_id: r.container.clone(),
                         ..Default::default()
@@ -152,17 +168,54 @@ impl Shim {
         }
     }
 
-    /// Runs blocking work on tokio's blocking pool.
-    async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    /// Runs runtime library work in a worker process (see `worker.rs`).
+    async fn work<F>(&self, what: &str, f: F) -> Result<Reply>
     where
-        T: Send + 'static,
-        F: FnOnce(&Shim) -> Result<T> + Send + 'static,
+        F: FnOnce(&Shim) -> Result<Reply>,
     {
-        let shim = Arc::clone(self);
-        tokio::task::spawn_blocking(move || f(&shim))
-            .await
-            .map_err(|e| ShimError::Internal(format!("blocking task failed: {e}")))?
+        worker::run(what, &[], || f(self)).await
     }
+
+    /// [`Shim::work`] for a launch: the worker keeps `keep` (the
+    /// process's stdio, [`io_fds`]) open.
+    async fn launch<F>(&self, what: &str, keep: &[RawFd], f: F) -> Result<Reply>
+    where
+        F: FnOnce(&Shim) -> Result<Reply>,
+    {
+        worker::run(what, keep, || f(self)).await
+    }
+
+    /// After a create whose worker died without answering (or whose
+    /// terminal failed): what it may have left of container `id` goes
+    /// (its state, cgroup and processes, a hardened uid range, the rootfs
+    /// the shim mounted on `rootfs`).
+    async fn clean_up_create(&self, id: &str, rootfs: Option<&Path>, profile: Profile) {
+        let cleaned = self
+            .work("cleanup", |shim| {
+                match shim.runtime.delete(id, true) {
+                    Ok(()) | Err(husk_runtime::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                hardening::release(profile, id);
+                if let Some(rootfs) = rootfs {
+                    rootfs::unmount(rootfs);
+                }
+                Ok(Reply::default())
+            })
+            .await;
+        if let Err(e) = cleaned {
+            tracing::warn!(id, "cleaning up after a failed create: {e}");
+        }
+    }
+}
+
+/// The descriptors of a process's stdio, which its launch worker keeps.
+fn io_fds(io: &husk_runtime::ProcessIo) -> Vec<RawFd> {
+    [&io.stdin, &io.stdout, &io.stderr]
+        .into_iter()
+        .flatten()
+        .map(AsRawFd::as_raw_fd)
+        .collect()
 }
 
 fn exit_event(container: &str, p: &Proc) -> ev::TaskExit {
@@ -238,46 +291,54 @@ impl TaskService {
         let mounts = req.rootfs.clone();
         let plugin_config = plugins::config_path(req.options.as_ref())?;
         let profile = self.profile;
+        // The daemon keeps the readers and pumps; the worker inherits what
+        // the process gets.
+        let (pio, mut keep) = io::open(&stdin, &stdout, &stderr, terminal)?;
         self.shim.lock().launches_in_flight += 1;
+        let inherited = io_fds(&pio);
         let result = self
             .shim
-            .blocking({
-                let (id, bundle) = (id.clone(), bundle.clone());
-                let (stdin, stdout, stderr) = (stdin.clone(), stdout.clone(), stderr.clone());
-                move |shim| {
-                    let binding = prepare_spec(shim, &id, &bundle, plugin_config, profile)?;
-                    let mounted = rootfs::mount(&bundle, &mounts)?;
-                    let created = (|| {
-                        // After the plugins (which cannot undo it) and the
-                        // rootfs mount (mount points are created in it).
-                        hardening::apply_to_bundle(profile, &id, &bundle, &shim.runtime)?;
-                        let (pio, mut keep) = io::open(&stdin, &stdout, &stderr, terminal)
-                            .inspect_err(|_| hardening::release(profile, &id))?;
-                        let started = shim
-                            .runtime
-                            .create(
-                                &id,
-                                CreateOptions {
-                                    bundle: bundle.clone(),
-                                    keep_console: terminal,
-                                    io: pio,
-                                    ..Default::default()
-                                },
-                            )
-                            .inspect_err(|_| hardening::release(profile, &id))?;
-                        if let Some(master) = started.console_master {
-                            io::start_terminal(master, &stdin, &stdout, &mut keep)?;
+            .launch("create", &inherited, |shim| {
+                let binding = prepare_spec(shim, &id, &bundle, plugin_config, profile)?;
+                let mounted = rootfs::mount(&bundle, &mounts)?;
+                let created = (|| {
+                    // After the plugins (which cannot undo it) and the
+                    // rootfs mount (mount points are created in it).
+                    hardening::apply_to_bundle(profile, &id, &bundle, &shim.runtime)?;
+                    shim.runtime
+                        .create(
+                            &id,
+                            CreateOptions {
+                                bundle: bundle.clone(),
+                                keep_console: terminal,
+                                io: pio,
+                                ..Default::default()
+                            },
+                        )
+                        .inspect_err(|_| hardening::release(profile, &id))
+                        .map_err(ShimError::from)
+                })();
+                match created {
+                    Ok(started) => Ok(Reply {
+                        pid: started.pid,
+                        fd: started.console_master,
+                        fields: vec![
+                            mounted
+                                .map(|m| m.into_os_string().into_vec())
+                                .unwrap_or_default(),
+                            match &binding {
+                                Some(b) => serde_json::to_vec(b).map_err(|e| {
+                                    ShimError::Internal(format!("encode the plugin binding: {e}"))
+                                })?,
+                                None => Vec::new(),
+                            },
+                        ],
+                    }),
+                    Err(e) => {
+                        if let Some(m) = &mounted {
+                            rootfs::unmount(m);
                         }
-                        Ok((started.pid, keep))
-                    })();
-                    match created {
-                        Ok((pid, keep)) => Ok((pid, keep, mounted, binding)),
-                        Err(e) => {
-                            if let Some(m) = &mounted {
-                                rootfs::unmount(m);
-                            }
-                            Err(e)
-                        }
+                        Err(e)
                     }
                 }
             })
@@ -288,9 +349,43 @@ impl TaskService {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        let created = match result {
+            Ok(reply) => {
+                let terminal_up = match reply.fd {
+                    Some(master) => io::start_terminal(master, &stdin, &stdout, &mut keep),
+                    None => Ok(()),
+                };
+                terminal_up.map(|()| (reply.pid, reply.fields))
+            }
+            Err(e) => Err(e),
+        };
+        let (pid, fields) = match created {
+            Ok(c) => c,
+            Err(e) => {
+                // A worker that answered cleaned up itself; one that died
+                // (or a terminal that failed) leaves it to us.
+                if matches!(e, ShimError::Internal(_) | ShimError::Io { .. }) {
+                    let rootfs = (!mounts.is_empty()).then(|| bundle.join("rootfs"));
+                    self.shim
+                        .clean_up_create(&id, rootfs.as_deref(), profile)
+                        .await;
+                }
+                self.shim.lock().launches_in_flight -= 1;
+                return Err(e);
+            }
+        };
+        let mounted = fields
+            .first()
+            .filter(|m| !m.is_empty())
+            .map(|m| PathBuf::from(std::ffi::OsString::from_vec(m.clone())));
+        let binding = match fields.get(1).filter(|b| !b.is_empty()) {
+            Some(b) => Some(serde_json::from_slice::<plugins::Binding>(b).map_err(|e| {
+                ShimError::Internal(format!("decode the create worker's plugin binding: {e}"))
+            })?),
+            None => None,
+        };
         let mut st = self.shim.lock();
         st.launches_in_flight -= 1;
-        let (pid, keep, mounted, binding) = result?;
         let container = Container {
             id: id.clone(),
             bundle: bundle.clone(),
@@ -352,9 +447,11 @@ impl TaskService {
                 )));
             }
         }
-        let owned = id.to_string();
         self.shim
-            .blocking(move |shim| Ok(shim.runtime.start(&owned)?))
+            .work("start", |shim| {
+                shim.runtime.start(id)?;
+                Ok(Reply::default())
+            })
             .await?;
         let mut st = self.shim.lock();
         let c = st.container_mut(id)?;
@@ -401,13 +498,8 @@ impl TaskService {
                     "exec {exec_id:?} was already started"
                 )));
             }
-            let mut spec: oci_spec::runtime::Process =
-                serde_json::from_value(p.spec.clone().unwrap_or_default()).map_err(|e| {
-                    ShimError::InvalidArgument(format!("exec {exec_id:?}: process spec: {e}"))
-                })?;
-            hardening::apply_exec(self.profile, &mut spec)?;
             let out = (
-                spec,
+                p.spec.clone().unwrap_or_default(),
                 p.stdin.clone(),
                 p.stdout.clone(),
                 p.stderr.clone(),
@@ -416,26 +508,46 @@ impl TaskService {
             st.launches_in_flight += 1;
             out
         };
-        let owned = id.to_string();
-        let result = self
-            .shim
-            .blocking(move |shim| {
-                let (pio, mut keep) = io::open(&stdin, &stdout, &stderr, terminal)?;
-                let started = shim.runtime.exec(
-                    &owned,
-                    &spec,
-                    ExecOptions {
-                        keep_console: terminal,
-                        io: pio,
-                        ..Default::default()
-                    },
-                )?;
-                if let Some(master) = started.console_master {
-                    io::start_terminal(master, &stdin, &stdout, &mut keep)?;
-                }
-                Ok((started.pid, keep))
-            })
-            .await;
+        let profile = self.profile;
+        let result = match io::open(&stdin, &stdout, &stderr, terminal) {
+            Ok((pio, mut keep)) => self
+                .shim
+                .launch("exec", &io_fds(&pio), |shim| {
+                    let mut spec: oci_spec::runtime::Process = serde_json::from_value(spec)
+                        .map_err(|e| {
+                            ShimError::InvalidArgument(format!(
+                                "exec {exec_id:?}: process spec: {e}"
+                            ))
+                        })?;
+                    hardening::apply_exec(profile, &mut spec)?;
+                    let started = shim.runtime.exec(
+                        id,
+                        &spec,
+                        ExecOptions {
+                            keep_console: terminal,
+                            io: pio,
+                            ..Default::default()
+                        },
+                    )?;
+                    Ok(Reply {
+                        pid: started.pid,
+                        fd: started.console_master,
+                        fields: Vec::new(),
+                    })
+                })
+                .await
+                .and_then(|reply| {
+                    if let Some(master) = reply.fd {
+                        io::start_terminal(master, &stdin, &stdout, &mut keep).inspect_err(
+                            |_| {
+                                let _ = husk_runtime::sys::kill(reply.pid, libc::SIGKILL);
+                            },
+                        )?;
+                    }
+                    Ok((reply.pid, keep))
+                }),
+            Err(e) => Err(e),
+        };
         let mut st = self.shim.lock();
         st.launches_in_flight -= 1;
         let (pid, keep) = result?;
@@ -524,10 +636,13 @@ impl TaskService {
             p.pid
         };
         if req.exec_id.is_empty() {
-            let (id, all) = (req.id.clone(), req.all);
             self.shim
-                .blocking(move |shim| Ok(shim.runtime.kill(&id, signal, all)?))
+                .work("kill", |shim| {
+                    shim.runtime.kill(&req.id, signal, req.all)?;
+                    Ok(Reply::default())
+                })
                 .await
+                .map(drop)
         } else {
             husk_runtime::sys::kill(pid, signal)
                 .map_err(ShimError::io(format!("signal {signal} to pid {pid}")))
@@ -575,19 +690,18 @@ impl TaskService {
             }
             c.rootfs_mount.clone()
         };
-        let owned = id.clone();
         let profile = self.profile;
         self.shim
-            .blocking(move |shim| {
-                match shim.runtime.delete(&owned, true) {
+            .work("delete", |shim| {
+                match shim.runtime.delete(&id, true) {
                     Ok(()) | Err(husk_runtime::Error::NotFound { .. }) => {}
                     Err(e) => return Err(e.into()),
                 }
-                hardening::release(profile, &owned);
+                hardening::release(profile, &id);
                 if let Some(m) = &mount {
                     rootfs::unmount(m);
                 }
-                Ok(())
+                Ok(Reply::default())
             })
             .await?;
         let removed = self.shim.lock().containers.remove(&id);
@@ -621,9 +735,21 @@ impl TaskService {
                 req.exec_id
             ))
         })?;
-        serde_json::from_value::<oci_spec::runtime::Process>(spec.clone()).map_err(|e| {
-            ShimError::InvalidArgument(format!("exec {:?}: process spec: {e}", req.exec_id))
-        })?;
+        // Checked against the OCI schema in a worker: the spec's
+        // deserializer is the runtime library's code.
+        self.shim
+            .work("exec check", |_| {
+                serde_json::from_value::<oci_spec::runtime::Process>(spec.clone()).map_err(
+                    |e| {
+                        ShimError::InvalidArgument(format!(
+                            "exec {:?}: process spec: {e}",
+                            req.exec_id
+                        ))
+                    },
+                )?;
+                Ok(Reply::default())
+            })
+            .await?;
         let mut st = self.shim.lock();
         let c = st.container_mut(&req.id)?;
         if c.execs.contains_key(&req.exec_id) {
@@ -661,14 +787,14 @@ impl TaskService {
 
     async fn pause_resume(&self, id: String, pause: bool) -> Result<()> {
         self.shim.lock().container(&id)?;
-        let owned = id.clone();
         self.shim
-            .blocking(move |shim| {
+            .work(if pause { "pause" } else { "resume" }, |shim| {
                 if pause {
-                    Ok(shim.runtime.pause(&owned)?)
+                    shim.runtime.pause(&id)?;
                 } else {
-                    Ok(shim.runtime.resume(&owned)?)
+                    shim.runtime.resume(&id)?;
                 }
+                Ok(Reply::default())
             })
             .await?;
         self.shim.lock().container_mut(&id)?.paused = pause;
@@ -688,14 +814,21 @@ impl TaskService {
 
     async fn stats_of(&self, id: String) -> Result<api::StatsResponse> {
         self.shim.lock().container(&id)?;
-        let any = self
+        let reply = self
             .shim
-            .blocking(move |shim| {
+            .work("stats", |shim| {
                 let (record, _) = shim.runtime.state(&id)?;
                 let stats = shim.runtime.stats(&id)?;
-                metrics::to_any(&stats, record.cgroup.hierarchy().is_v2())
+                let any = metrics::to_any(&stats, record.cgroup.hierarchy().is_v2())?;
+                Ok(Reply {
+                    fields: vec![any.type_url.into_bytes(), any.value],
+                    ..Default::default()
+                })
             })
             .await?;
+        let mut any = protobuf::well_known_types::any::Any::new();
+        any.type_url = String::from_utf8_lossy(reply.field(0)).into_owned();
+        any.value = reply.field(1).to_vec();
         Ok(api::StatsResponse {
             stats: Some(any).into(),
             ..Default::default()
@@ -750,16 +883,22 @@ impl Task for TaskService {
             .lock()
             .container(&req.id)
             .map_err(ttrpc::Error::from)?;
-        let id = req.id.clone();
-        let pids = self
+        let reply = self
             .shim
-            .blocking(move |shim| Ok(shim.runtime.pids(&id)?))
+            .work("pids", |shim| {
+                let pids = shim.runtime.pids(&req.id)?;
+                Ok(Reply {
+                    fields: vec![pids.iter().flat_map(|p| p.to_le_bytes()).collect()],
+                    ..Default::default()
+                })
+            })
             .await?;
         Ok(api::PidsResponse {
-            processes: pids
-                .into_iter()
-                .map(|pid| ProcessInfo {
-                    pid: pid as u32,
+            processes: reply
+                .field(0)
+                .chunks_exact(4)
+                .map(|b| ProcessInfo {
+                    pid: i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u32,
                     ..Default::default()
                 })
                 .collect(),
@@ -843,13 +982,15 @@ impl Task for TaskService {
             .lock()
             .container(&req.id)
             .map_err(ttrpc::Error::from)?;
-        let resources: oci_spec::runtime::LinuxResources =
-            serde_json::from_slice(&req.resources.value).map_err(|e| {
-                ShimError::InvalidArgument(format!("update {:?}: resources: {e}", req.id))
-            })?;
-        let id = req.id.clone();
         self.shim
-            .blocking(move |shim| Ok(shim.runtime.update(&id, &resources)?))
+            .work("update", |shim| {
+                let resources: oci_spec::runtime::LinuxResources =
+                    serde_json::from_slice(&req.resources.value).map_err(|e| {
+                        ShimError::InvalidArgument(format!("update {:?}: resources: {e}", req.id))
+                    })?;
+                shim.runtime.update(&req.id, &resources)?;
+                Ok(Reply::default())
+            })
             .await?;
         Ok(api::Empty::new())
     }
@@ -900,14 +1041,11 @@ impl Task for TaskService {
     ) -> TtrpcResult<api::Empty> {
         if self.shim.lock().containers.is_empty() {
             // Exit hooks of the containers just deleted may still run.
-            let _ = self
-                .shim
-                .blocking(|shim| {
-                    shim.plugins
-                        .wait_for_hooks(std::time::Duration::from_secs(2));
-                    Ok(())
-                })
-                .await;
+            let plugins = Arc::clone(&self.shim.plugins);
+            let _ = tokio::task::spawn_blocking(move || {
+                plugins.wait_for_hooks(std::time::Duration::from_secs(2))
+            })
+            .await;
             self.shim.shutdown.notify_one();
         }
         Ok(api::Empty::new())

@@ -89,8 +89,8 @@ pub enum Outcome {
     /// This is `start`: print the address and exit.
     Address(String),
     /// This is the daemon `start` forked: serve on this listening socket
-    /// with these arguments.
-    Daemon(Args, OwnedFd),
+    /// with these arguments, the cgroup lock warm-up already running.
+    Daemon(Args, OwnedFd, Option<crate::cgroup_warm::Warm>),
 }
 
 /// Runs `start`: the address to print to containerd, or, in the child it
@@ -119,8 +119,8 @@ pub fn run(args: &Args) -> Result<Outcome> {
         Err(e) => return Err(ShimError::io(format!("bind shim socket {path}"))(e)),
     };
     let pid = match fork_daemon() {
-        Ok(Some(pid)) => pid,
-        Ok(None) => {
+        Ok(Ok(pid)) => pid,
+        Ok(Err(warm)) => {
             if let Some(config) = preload {
                 // Single-threaded still: nothing else reads the environment.
                 std::env::set_var(plugins::PRELOAD_ENV, config);
@@ -128,6 +128,7 @@ pub fn run(args: &Args) -> Result<Outcome> {
             return Ok(Outcome::Daemon(
                 args.for_daemon(&address),
                 OwnedFd::from(listener),
+                warm,
             ));
         }
         Err(e) => {
@@ -141,15 +142,22 @@ pub fn run(args: &Args) -> Result<Outcome> {
     Ok(Outcome::Address(address))
 }
 
-/// Forks the daemon: `Some(pid)` in `start`, `None` in the daemon, which
-/// is in a session of its own with stdio on /dev/null (containerd reads
-/// `start`'s output until every writer is gone).
+/// Forks the daemon: `Ok(pid)` in `start`, `Err(warm-up)` in the daemon,
+/// which is in a session of its own with stdio on /dev/null (containerd
+/// reads `start`'s output until every writer is gone).
+///
+/// The daemon forks the cgroup lock warm-up child at once, and `start`
+/// returns only after that child has retitled itself: whoever counts
+/// shims by their command line once `start` has printed the address finds
+/// exactly one.
 ///
 /// A fork, not an exec of this binary as Go shims must do: `start` has no
 /// thread yet, and the daemon starts with everything `start` already
 /// loaded and touched, instead of paying a second exec, dynamic loading
 /// and relocation before it can accept containerd's Create.
-fn fork_daemon() -> Result<Option<u32>> {
+fn fork_daemon() -> Result<Result<u32, Option<crate::cgroup_warm::Warm>>> {
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| ShimError::io("create a pipe for the shim daemon")(e.into()))?;
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -158,7 +166,12 @@ fn fork_daemon() -> Result<Option<u32>> {
     // SAFETY: `start` is single-threaded (no runtime, no thread has been
     // started), so the child may go on running any code.
     match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Some(child.as_raw() as u32)),
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            drop(ready_w);
+            // EOF once the daemon has its warm-up child (or died).
+            let _ = nix::unistd::read(&ready_r, &mut [0u8; 1]);
+            Ok(Ok(child.as_raw() as u32))
+        }
         Ok(nix::unistd::ForkResult::Child) => {
             let detach = || -> std::io::Result<()> {
                 nix::unistd::setsid()?;
@@ -176,21 +189,21 @@ fn fork_daemon() -> Result<Option<u32>> {
                 tracing::error!("detaching the forked shim daemon: {e}");
                 std::process::exit(1);
             }
-            drop(null);
+            drop((null, ready_r));
             hide_start_argument();
-            Ok(None)
+            let warm = crate::cgroup_warm::Warm::start();
+            drop(ready_w);
+            Ok(Err(warm))
         }
         Err(e) => Err(ShimError::io("fork the shim daemon")(e.into())),
     }
 }
 
 /// Blanks `start`'s action out of the daemon's command line (which `ps`
-/// shows; the daemon of a Go shim has none): the argument area is this
-/// process's own memory, rewritten through /proc/self/mem as
-/// setproctitle(3) does. Best effort; nothing reads our arguments again
-/// (the daemon's are in [`Args`], and `crate::daemon_argv`).
+/// shows; the daemon of a Go shim has none). Best effort; nothing reads our
+/// arguments again (the daemon's are in [`Args`], and
+/// `crate::daemon_argv`).
 fn hide_start_argument() {
-    use std::os::unix::fs::FileExt;
     const ACTION: &[u8] = b"start\0";
     let Ok(cmdline) = std::fs::read("/proc/self/cmdline") else {
         return;
@@ -202,23 +215,40 @@ fn hide_start_argument() {
     else {
         return;
     };
-    // Field 48 of /proc/self/stat: arg_start (fields counted from 1, the
-    // third is the first after the parenthesized command name).
-    let arg_start = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let after_comm = s.get(s.rfind(')')? + 2..)?;
-            after_comm.split(' ').nth(48 - 3)?.parse::<u64>().ok()
-        });
-    let written = arg_start.map(|start| {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open("/proc/self/mem")
-            .and_then(|mem| mem.write_all_at(&[0; ACTION.len() - 1], start + at as u64))
-    });
-    if let Some(Err(e)) = written {
+    if let Err(e) = write_args(at, &[0; ACTION.len() - 1]) {
         tracing::debug!("the daemon's command line keeps `start`: {e}");
     }
+}
+
+/// Replaces this process's whole command line with `title`: a worker or
+/// the warm-up child (forks of the daemon) must not look like a shim to
+/// whatever counts shims by their command line. Best effort.
+pub fn retitle(title: &str) {
+    let Ok(len) = std::fs::read("/proc/self/cmdline").map(|c| c.len()) else {
+        return;
+    };
+    let mut area = vec![0u8; len.saturating_sub(1)];
+    let n = title.len().min(area.len());
+    area[..n].copy_from_slice(&title.as_bytes()[..n]);
+    let _ = write_args(0, &area);
+}
+
+/// Writes `bytes` at `offset` into this process's argument area (what
+/// /proc/PID/cmdline shows), its own memory, through /proc/self/mem as
+/// setproctitle(3) does.
+fn write_args(offset: usize, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    // Field 48 of /proc/self/stat: arg_start (fields counted from 1, the
+    // third is the first after the parenthesized command name).
+    let arg_start = std::fs::read_to_string("/proc/self/stat")?;
+    let arg_start = arg_start
+        .get(arg_start.rfind(')').unwrap_or(0) + 2..)
+        .and_then(|after_comm| after_comm.split(' ').nth(48 - 3)?.parse::<u64>().ok())
+        .ok_or_else(|| std::io::Error::other("no arg_start in /proc/self/stat"))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/self/mem")?
+        .write_all_at(bytes, arg_start + offset as u64)
 }
 
 fn write_bundle_file(bundle: &Path, name: &str, contents: &str) -> Result<()> {
