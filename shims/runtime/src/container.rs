@@ -96,11 +96,7 @@ impl Runtime {
             ));
         }
         let hierarchy = Hierarchy::detect()?;
-        // Both are slow and independent of what follows: start them now.
-        let warm_lock = {
-            let h = hierarchy.clone();
-            std::thread::spawn(move || h.prewarm_migration())
-        };
+        // Slow and independent of what follows: start it now.
         let sealed_exe = std::thread::spawn(|| SealedExe::current().map(|_| ()));
         // libseccomp takes milliseconds for Docker's profile (spec::validate
         // checked it already): compile it meanwhile too.
@@ -209,7 +205,6 @@ impl Runtime {
         sealed_exe
             .join()
             .map_err(|_| Error::Init("copying the runtime binary panicked".into()))??;
-        let _ = warm_lock.join();
         config.seccomp = seccomp_compiling
             .join()
             .map_err(|_| Error::Init("compiling the seccomp profile panicked".into()))??;

@@ -2,8 +2,8 @@
 //! in the cgroup, answer its requests (id maps, createRuntime hooks, the
 //! console), and hand back the container process's pid.
 
-use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use oci_spec::runtime::LinuxIdMapping;
 
@@ -47,39 +47,37 @@ pub fn launch(
     let exe = SealedExe::current()?;
     let (mut channel, child_end) = Channel::pair()?;
     let child_fd = child_end.raw_fd();
-    let preserve = config.preserve_fds;
-    let mut cmd = exe.init_command();
-    if let Some(fd) = io.stdin {
-        cmd.stdin(fd);
+    let fd_value = child_fd.to_string();
+    let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os()
+        .filter(|(k, _)| k != INIT_FD_ENV)
+        .collect();
+    env.push((INIT_FD_ENV.into(), fd_value.into()));
+    let env: Vec<(&OsStr, &OsStr)> = env
+        .iter()
+        .map(|(k, v)| (k.as_os_str(), v.as_os_str()))
+        .collect();
+    let (path, args) = exe.init_argv();
+    let mut plan = sys::ExecPlan::new(&path, &args, &env)
+        .context(|| "prepare the container init's command line".into())?;
+    for (fd, to) in [(&io.stdin, 0), (&io.stdout, 1), (&io.stderr, 2)] {
+        if let Some(fd) = fd {
+            plan.dup(fd.as_raw_fd(), to);
+        }
     }
-    if let Some(fd) = io.stdout {
-        cmd.stdout(fd);
+    plan.keep(child_fd);
+    for fd in 3..3 + config.preserve_fds {
+        plan.keep(fd);
     }
-    if let Some(fd) = io.stderr {
-        cmd.stderr(fd);
-    }
-    cmd.env(INIT_FD_ENV, child_fd.to_string());
-    // SAFETY: the closure only calls fcntl, which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            sys::set_cloexec(child_fd, false)?;
-            for fd in 3..3 + preserve {
-                sys::set_cloexec(fd, false)?;
-            }
-            Ok(())
-        });
-    }
-    let mut intermediate = cmd
-        .spawn()
-        .context(|| "start the container init (the sealed husk-runtime binary)".into())?;
+    let intermediate = spawn_in_cgroup(&plan, cgroup)?;
+    drop(plan);
+    drop(io);
     drop(child_end);
     let mut init_pid = None;
     tracing::debug!(elapsed = ?began.elapsed(), "init spawned");
     let result = drive(
         &mut channel,
         config,
-        cgroup,
-        intermediate.id() as i32,
+        intermediate,
         hooks,
         &mut init_pid,
         began,
@@ -90,25 +88,72 @@ pub fn launch(
             // Reap it if it was reparented to us (we are a subreaper in `run`).
             let _ = sys::waitpid(pid, false);
         }
-        let _ = intermediate.kill();
+        let _ = sys::kill(intermediate, libc::SIGKILL);
     }
-    let _ = intermediate.wait();
+    let _ = sys::waitpid(intermediate, false);
     result
+}
+
+/// Starts the intermediate already inside the container's cgroup, without
+/// writing its pid to any `cgroup.procs`: such a write takes the kernel's
+/// global threadgroup lock, which waits for an RCU grace period when no
+/// one took it moments before (10-20 ms here). A thread of its own joins
+/// the cgroup v1 hierarchies (threads move alone, without that lock) and
+/// forks the intermediate with clone3's CLONE_INTO_CGROUP for the cgroup2
+/// tree, then goes back where it came from. Before the intermediate
+/// unshares anything, so its cgroup namespace is rooted at the container's
+/// cgroup and every child inherits it. Kernels without CLONE_INTO_CGROUP
+/// (before 5.7) get the cgroup2 part through `cgroup.procs`.
+fn spawn_in_cgroup(plan: &sys::ExecPlan, cgroup: &Cgroup) -> Result<i32> {
+    let unified = match cgroup.unified_dir() {
+        Some(dir) => {
+            Some(sys::open_dir(&dir).context(|| format!("open cgroup {}", dir.display()))?)
+        }
+        None => None,
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<i32> {
+            let inside = cgroup.enter_thread()?;
+            let spawned = match sys::spawn(plan, unified.as_ref().map(|fd| fd.as_fd())) {
+                Err(e) if unified.is_some() && clone_into_cgroup_unsupported(&e) => {
+                    tracing::debug!("clone3 into a cgroup unavailable ({e}); moving the init");
+                    sys::spawn(plan, None).map(|pid| (pid, true))
+                }
+                r => r.map(|pid| (pid, false)),
+            };
+            inside.leave();
+            let (pid, move_unified) = spawned
+                .context(|| "start the container init (the sealed husk-runtime binary)".into())?;
+            if move_unified {
+                if let Err(e) = cgroup.add_process_unified(pid) {
+                    let _ = sys::kill(pid, libc::SIGKILL);
+                    let _ = sys::waitpid(pid, false);
+                    return Err(e.into());
+                }
+            }
+            Ok(pid)
+        })
+        .join()
+        .map_err(|_| Error::Init("starting the container init panicked".into()))?
+    })
+}
+
+/// clone3 or CLONE_INTO_CGROUP unknown to the kernel.
+fn clone_into_cgroup_unsupported(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSYS) | Some(libc::E2BIG) | Some(libc::EINVAL)
+    )
 }
 
 fn drive(
     channel: &mut Channel,
     config: InitConfig,
-    cgroup: &Cgroup,
     intermediate: i32,
     mut hooks: LaunchHooks<'_>,
     init_pid: &mut Option<i32>,
     began: std::time::Instant,
 ) -> Result<Launched> {
-    // Before it unshares anything, so the cgroup namespace is rooted at the
-    // container's cgroup and every child inherits it.
-    cgroup.add_process(intermediate)?;
-    tracing::debug!(elapsed = ?began.elapsed(), "init joined the cgroup");
     if let Some(adj) = hooks.oom_score_adj {
         let path = format!("/proc/{intermediate}/oom_score_adj");
         std::fs::write(&path, adj.to_string())

@@ -12,9 +12,9 @@
 //! runtime lacks CAP_SYS_ADMIN, it falls back to a sealed memfd copy of the
 //! binary, whose write seal makes every write fail.
 
+use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use crate::error::{Context, Result};
@@ -51,11 +51,12 @@ impl SealedExe {
         Ok(EXE.get_or_init(|| SealedExe { fd }))
     }
 
-    /// A command that runs the protected binary as a container init.
-    pub fn init_command(&self) -> Command {
-        let mut cmd = Command::new(format!("/proc/self/fd/{}", self.fd.as_raw_fd()));
-        std::os::unix::process::CommandExt::arg0(&mut cmd, INIT_PROCESS_NAME);
-        cmd.arg(INIT_ARG);
-        cmd
+    /// The path and arguments that run the protected binary as a container
+    /// init (argv[0] is its process name).
+    pub fn init_argv(&self) -> (PathBuf, [&'static OsStr; 2]) {
+        (
+            PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd())),
+            [OsStr::new(INIT_PROCESS_NAME), OsStr::new(INIT_ARG)],
+        )
     }
 }

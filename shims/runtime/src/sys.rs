@@ -286,6 +286,209 @@ pub fn fork() -> io::Result<Fork> {
     }
 }
 
+/// A program to execute in a new child, prepared before the fork: the child
+/// of a multi-threaded process must not allocate (another thread may hold
+/// the allocator's lock), so it only makes system calls on this data.
+pub struct ExecPlan {
+    path: CString,
+    // Owners of the strings `argv` and `envp` point into.
+    _args: Vec<CString>,
+    _env: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    /// (from, to): `from` becomes descriptor `to` (stdio).
+    dups: Vec<(RawFd, RawFd)>,
+    /// Descriptors the program inherits (close-on-exec cleared).
+    keep: Vec<RawFd>,
+}
+
+// SAFETY: the raw pointers point into the CStrings the plan owns, which
+// are never changed after `new`: sharing or sending the plan is as safe as
+// sharing those strings.
+unsafe impl Send for ExecPlan {}
+// SAFETY: as above; nothing mutates through a shared plan.
+unsafe impl Sync for ExecPlan {}
+
+impl ExecPlan {
+    pub fn new(path: &Path, args: &[&OsStr], env: &[(&OsStr, &OsStr)]) -> io::Result<ExecPlan> {
+        let path = cstr(path)?;
+        let args = args.iter().map(cstr).collect::<io::Result<Vec<_>>>()?;
+        let env = env
+            .iter()
+            .map(|(k, v)| {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                cstr(OsStr::from_bytes(&kv))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let nul = std::iter::once(std::ptr::null());
+        let argv = args.iter().map(|a| a.as_ptr()).chain(nul.clone()).collect();
+        let envp = env.iter().map(|e| e.as_ptr()).chain(nul).collect();
+        Ok(ExecPlan {
+            path,
+            _args: args,
+            _env: env,
+            argv,
+            envp,
+            dups: Vec::new(),
+            keep: Vec::new(),
+        })
+    }
+
+    /// The child gets `from` as descriptor `to`.
+    pub fn dup(&mut self, from: RawFd, to: RawFd) {
+        self.dups.push((from, to));
+    }
+
+    /// The child inherits `fd` (its close-on-exec flag is cleared there).
+    pub fn keep(&mut self, fd: RawFd) {
+        self.keep.push(fd);
+    }
+}
+
+/// The kernel's `struct clone_args` (CLONE_ARGS_SIZE_VER2).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// clone3's flag to start the child in the cgroup2 directory `cgroup`
+/// (Linux 5.7); libc's constant is mistyped.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Starts `plan` in a child process and returns its pid once the program
+/// has been executed (an exec failure is the error, the child reaped).
+///
+/// With `cgroup` (a cgroup2 directory), the child is born in that cgroup
+/// (clone3 with CLONE_INTO_CGROUP): no write to `cgroup.procs`, whose
+/// global lock waits for an RCU grace period when cold. Kernels without
+/// it fail with ENOSYS, E2BIG or EINVAL; callers then spawn without and
+/// move the child. Otherwise the child is a plain fork of the calling
+/// thread, in that thread's cgroups (cgroup v1 places single threads).
+///
+/// The child resets its signal mask and SIGPIPE (as std's Command does),
+/// makes the `dup`s, clears close-on-exec of the `keep`s, and executes.
+pub fn spawn(plan: &ExecPlan, cgroup: Option<BorrowedFd<'_>>) -> io::Result<libc::pid_t> {
+    let mut pipe = [0; 2];
+    // SAFETY: pipe is a valid out-array of two ints.
+    check(unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: both descriptors were just created and are owned here.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
+    let mut args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    if let Some(fd) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = fd.as_raw_fd() as u64;
+    }
+    let wr_fd = wr.as_raw_fd();
+    // SAFETY: clone3 without CLONE_VM or a stack behaves as fork(2): the
+    // child runs on a copy of this stack. In the child only system calls
+    // on prepared data follow (no allocation, no locks), then execve or
+    // _exit, so the parent's other threads cannot leave it stuck.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: the child of the clone3 above; never returns.
+        unsafe { exec_child(plan, wr_fd) }
+    }
+    let pid = pid as libc::pid_t;
+    drop(wr);
+    // EOF: the child executed (the pipe is close-on-exec); four bytes: errno.
+    let mut buf = [0u8; 4];
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: reading into the unfilled rest of buf.
+        let n = unsafe {
+            libc::read(
+                rd.as_raw_fd(),
+                buf[got..].as_mut_ptr().cast(),
+                buf.len() - got,
+            )
+        };
+        match n {
+            0 => break,
+            n if n > 0 => got += n as usize,
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EINTR) {
+                    let _ = kill(pid, libc::SIGKILL);
+                    let _ = waitpid(pid, false);
+                    return Err(e);
+                }
+            }
+        }
+    }
+    if got == 0 {
+        return Ok(pid);
+    }
+    let _ = waitpid(pid, false);
+    Err(io::Error::from_raw_os_error(i32::from_ne_bytes(buf)))
+}
+
+/// The child's side of [`spawn`]. Async-signal-safe calls only, on the
+/// descriptors and strings the parent prepared; errno goes to `report`.
+///
+/// # Safety
+/// Only to be called in a freshly forked child.
+unsafe fn exec_child(plan: &ExecPlan, report: RawFd) -> ! {
+    let fail = || {
+        let errno = io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
+        let bytes = errno.to_ne_bytes();
+        libc::write(report, bytes.as_ptr().cast(), bytes.len());
+        libc::_exit(127)
+    };
+    let mut empty: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut empty);
+    if libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0
+        || libc::signal(libc::SIGPIPE, libc::SIG_DFL) == libc::SIG_ERR
+    {
+        fail();
+    }
+    for &(from, to) in &plan.dups {
+        let r = if from == to {
+            libc::fcntl(from, libc::F_SETFD, 0)
+        } else {
+            libc::dup2(from, to)
+        };
+        if r < 0 {
+            fail();
+        }
+    }
+    for &fd in &plan.keep {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+            fail();
+        }
+    }
+    libc::execve(plan.path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
+    fail();
+    libc::_exit(127)
+}
+
 pub fn kill(pid: libc::pid_t, signal: libc::c_int) -> io::Result<()> {
     // SAFETY: plain syscall.
     check(unsafe { libc::kill(pid, signal) })?;

@@ -4,6 +4,7 @@
 //! cgroup they make is named `husk-test-<pid>-<nanos>` and removed by a drop
 //! guard, even when an assertion fails.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -338,4 +339,78 @@ fn host_v2_device_rules_are_enforced() {
     assert!(text.contains("null-ok"), "{text}");
     assert!(!text.contains("zero-ok"), "/dev/zero was allowed: {text}");
     assert!(text.contains("Operation not permitted"), "{text}");
+}
+
+/// A thread that entered the cgroup forks a process born in the whole
+/// cgroup (v1 hierarchies through the thread, the cgroup2 tree through
+/// clone3's CLONE_INTO_CGROUP), without any `cgroup.procs` write, and goes
+/// back where it came from.
+#[test]
+fn host_thread_entry_spawns_inside_the_cgroup() {
+    if !is_root() && skip("not root") {
+        return;
+    }
+    let Ok(h) = Hierarchy::detect() else {
+        skip("no cgroup filesystem");
+        return;
+    };
+    let name = unique_name();
+    let cg = Cgroup::new(h.clone(), &name).unwrap();
+    let guard = Guard {
+        child: None,
+        cgroups: vec![cg.clone()],
+    };
+    if let Err(e) = cg.create() {
+        skip(&format!("cannot create a cgroup here: {e}"));
+        return;
+    }
+    let own = |file: &str| std::fs::read_to_string(file).unwrap();
+    let before = own("/proc/thread-self/cgroup");
+    let unified = cg.unified_dir().map(|d| crate::sys::open_dir(&d).unwrap());
+    let plan = crate::sys::ExecPlan::new(
+        Path::new("/bin/sleep"),
+        &["sleep".as_ref(), "60".as_ref()],
+        &[],
+    )
+    .unwrap();
+    let (pid, inside, after) = std::thread::scope(|s| {
+        s.spawn(|| {
+            let entered = cg.enter_thread().expect("enter_thread");
+            let inside = own("/proc/thread-self/cgroup");
+            let pid = crate::sys::spawn(&plan, unified.as_ref().map(|f| f.as_fd()))
+                .expect("spawn into the cgroup");
+            entered.leave();
+            (pid, inside, own("/proc/thread-self/cgroup"))
+        })
+        .join()
+        .unwrap()
+    });
+    let child = own(&format!("/proc/{pid}/cgroup"));
+    let kill = || {
+        let _ = crate::sys::kill(pid, libc::SIGKILL);
+        let _ = crate::sys::waitpid(pid, false);
+    };
+    // Every hierarchy line names the cgroup (v1 through the thread, the
+    // unified line through CLONE_INTO_CGROUP).
+    let wanted = format!("/{name}");
+    let lines: Vec<&str> = child.lines().collect();
+    let missing: Vec<&&str> = lines
+        .iter()
+        .filter(|l| !l.ends_with(&wanted))
+        .filter(|l| cg.unified_dir().is_some() || !l.starts_with("0::"))
+        .collect();
+    kill();
+    assert!(
+        missing.is_empty(),
+        "child not in {wanted}: {missing:?} (all: {child})"
+    );
+    if h.is_v2() {
+        assert_eq!(inside, before, "v2 moves no thread");
+    } else {
+        assert!(inside.contains(&wanted), "thread not moved: {inside}");
+    }
+    assert_eq!(after, before, "the thread did not go back");
+    assert!(cg.pids().unwrap().is_empty(), "{:?}", cg.pids());
+    drop(guard);
+    assert!(leftovers(&name).is_empty(), "{:?}", leftovers(&name));
 }

@@ -109,44 +109,16 @@ impl Hierarchy {
         }
     }
 
-    /// Starts the kernel's wait before a cgroup migration now, off the
-    /// critical path.
-    ///
-    /// Every write to `cgroup.procs` takes the global cgroup threadgroup
-    /// rwsem for writing, which waits a full RCU grace period (10-20 ms on
-    /// small VMs) unless a writer took it moments before. A no-op migration
-    /// of the calling process into its own cgroup pays that wait in a
-    /// background thread while the runtime prepares the container, so the
-    /// container's own migration finds the lock warm.
-    pub fn prewarm_migration(&self) {
-        let (dir, name) = match self {
-            Hierarchy::V1 { controllers, .. } => match controllers
-                .iter()
-                .find(|(c, _)| c.as_str() == "pids")
-                .or(controllers.iter().next())
-            {
-                Some((c, root)) => (root.clone(), c.clone()),
-                None => return,
-            },
-            Hierarchy::V2 { root } => (root.clone(), String::new()),
-        };
-        let Ok(own) = std::fs::read_to_string("/proc/self/cgroup") else {
-            return;
-        };
-        // Lines are "ID:CONTROLLERS:PATH"; v2's controller list is empty.
-        let path = own.lines().find_map(|l| {
-            let mut parts = l.splitn(3, ':');
-            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            controllers
-                .split(',')
-                .any(|c| c == name)
-                .then(|| path.to_string())
-        });
-        if let Some(path) = path {
-            let procs = dir.join(path.trim_start_matches('/')).join("cgroup.procs");
-            let _ = std::fs::write(procs, std::process::id().to_string());
-        }
-    }
+    /// Used to start the kernel's wait before the runtime's migration of
+    /// a container's first process, off the critical path. The runtime no
+    /// longer migrates processes through `cgroup.procs`: it starts them
+    /// inside their cgroup ([`Cgroup::enter_thread`], clone3 into
+    /// [`Cgroup::unified_dir`]), so there is no wait left to start early,
+    /// and a warm-up's write would only hold the kernel's cgroup mutex for
+    /// a whole RCU grace period (every cgroup mkdir and rmdir on the host
+    /// waits meanwhile). It does nothing now; kept until its callers (the
+    /// shim's start-up warm-up) drop it.
+    pub fn prewarm_migration(&self) {}
 
     /// Mount point of a v1 controller's hierarchy (`None` on v2).
     pub fn controller_root(&self, controller: &str) -> Option<&Path> {
@@ -292,6 +264,54 @@ impl Cgroup {
         }
     }
 
+    /// Moves the calling thread, and only it, into the cgroup in every
+    /// cgroup v1 hierarchy (nothing to do on v2, where single threads
+    /// cannot join a domain cgroup). A process the thread then forks is
+    /// born there: unlike a write of its pid to `cgroup.procs`, this takes
+    /// no global lock, so it never waits for an RCU grace period (10-20 ms
+    /// when the lock is cold). Paired with [`Cgroup::unified_dir`] for
+    /// clone3's CLONE_INTO_CGROUP, a process starts in the whole cgroup
+    /// without any migration. Meant for a short-lived thread of its own;
+    /// [`ThreadInCgroup::leave`] puts it back.
+    pub fn enter_thread(&self) -> Result<ThreadInCgroup, CgroupError> {
+        let previous = match &self.hierarchy {
+            Hierarchy::V1 { .. } => v1::enter_thread(self)?,
+            Hierarchy::V2 { .. } => Vec::new(),
+        };
+        Ok(ThreadInCgroup { previous })
+    }
+
+    /// The cgroup's directory in the cgroup2 tree, for clone3's
+    /// CLONE_INTO_CGROUP: on v2 always, on hybrid hosts if it was created
+    /// (joining the unified tree is best effort there); `None` on v1.
+    pub fn unified_dir(&self) -> Option<PathBuf> {
+        match &self.hierarchy {
+            Hierarchy::V2 { root } => Some(self.dir_in(root)),
+            Hierarchy::V1 {
+                unified: Some(u), ..
+            } => Some(self.dir_in(u)).filter(|d| d.is_dir()),
+            Hierarchy::V1 { unified: None, .. } => None,
+        }
+    }
+
+    /// Moves process `pid` into the cgroup2 part only (what
+    /// [`Cgroup::unified_dir`] names), through `cgroup.procs`: for kernels
+    /// without CLONE_INTO_CGROUP. Best effort on hybrid hosts, as in
+    /// [`Cgroup::add_process`].
+    pub fn add_process_unified(&self, pid: i32) -> Result<(), CgroupError> {
+        let Some(dir) = self.unified_dir() else {
+            return Ok(());
+        };
+        let r = fs::write(&dir.join("cgroup.procs"), &pid.to_string());
+        match (&self.hierarchy, r) {
+            (Hierarchy::V1 { .. }, Err(e)) => {
+                tracing::warn!(error = %e, "hybrid host: cannot join the cgroup in the unified tree");
+                Ok(())
+            }
+            (_, r) => r,
+        }
+    }
+
     /// PIDs in the cgroup and all its sub-cgroups (sorted). Empty if the
     /// cgroup does not exist.
     pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
@@ -388,6 +408,20 @@ impl Cgroup {
             out.push((String::new(), self.dir_in(u)));
         }
         out
+    }
+}
+
+/// A thread moved into a container's cgroup by [`Cgroup::enter_thread`].
+#[must_use = "the thread stays in the container's cgroup until it leaves or exits"]
+pub struct ThreadInCgroup {
+    previous: Vec<PathBuf>,
+}
+
+impl ThreadInCgroup {
+    /// Puts the thread back into the cgroups it came from (best effort:
+    /// failing that, it leaves them when it exits).
+    pub fn leave(self) {
+        v1::leave_thread(&self.previous);
     }
 }
 

@@ -106,6 +106,51 @@ pub(super) fn add_process(cg: &Cgroup, pid: i32) -> Result<(), CgroupError> {
     Ok(())
 }
 
+/// Moves the calling thread, and only it, into the cgroup in every v1
+/// hierarchy, by writing "0" to each `tasks` file. The kernel takes its
+/// global threadgroup lock (and its RCU grace period) only to move whole
+/// processes or other threads, not the caller alone. Returns the
+/// directories the thread was in, for [`leave_thread`]. On failure the
+/// thread is put back where it was.
+pub(super) fn enter_thread(cg: &Cgroup) -> Result<Vec<PathBuf>, CgroupError> {
+    let own = fs::read(Path::new("/proc/thread-self/cgroup"))?;
+    let mut previous = Vec::new();
+    for (names, root) in cg.hierarchy.v1_mounts() {
+        let here = root.join(own_path(&own, &names).trim_start_matches('/'));
+        if let Err(e) = fs::write(&cg.dir_in(root).join("tasks"), "0") {
+            leave_thread(&previous);
+            return Err(e);
+        }
+        previous.push(here);
+    }
+    Ok(previous)
+}
+
+/// Puts the calling thread back into `dirs` (from [`enter_thread`]). Best
+/// effort: a thread that cannot go back leaves the cgroup when it exits.
+pub(super) fn leave_thread(dirs: &[PathBuf]) {
+    for d in dirs {
+        if let Err(e) = fs::write(&d.join("tasks"), "0") {
+            tracing::debug!(error = %e, "moving a thread back to its cgroup");
+        }
+    }
+}
+
+/// The calling thread's path in the v1 hierarchy of `names` (a mount's
+/// comma-joined controllers), from /proc/thread-self/cgroup lines
+/// "ID:CONTROLLERS:PATH"; "/" if not listed.
+fn own_path<'a>(proc_cgroup: &'a str, names: &str) -> &'a str {
+    proc_cgroup
+        .lines()
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let listed = |n: &str| controllers.split(',').any(|c| c == n);
+            names.split(',').any(listed).then_some(path)
+        })
+        .unwrap_or("/")
+}
+
 /// The hierarchy used to list processes (every v1 hierarchy holds them all).
 fn procs_dir(cg: &Cgroup) -> Option<PathBuf> {
     ["pids", "freezer", "memory", "cpu", "devices"]
@@ -822,6 +867,16 @@ mod tests {
         let tick = 1_000_000_000 / super::clock_ticks();
         assert_eq!(s.cpu.user_ns, Some(5 * tick));
         assert_eq!(s.cpu.system_ns, Some(3 * tick));
+    }
+
+    #[test]
+    fn own_path_finds_the_thread_per_mount() {
+        let own = "9:name=systemd:/user.slice\n4:memory:/a/b\n2:cpu,cpuacct:/c\n0::/u\n";
+        assert_eq!(super::own_path(own, "memory"), "/a/b");
+        assert_eq!(super::own_path(own, "cpu,cpuacct"), "/c");
+        assert_eq!(super::own_path(own, "cpuacct"), "/c");
+        assert_eq!(super::own_path(own, "name=systemd"), "/user.slice");
+        assert_eq!(super::own_path(own, "pids"), "/");
     }
 
     #[test]
