@@ -6,6 +6,7 @@
 //! scripts/build-plugins.sh
 //! cargo bench -p husk-tests --bench plugin_call
 //! BENCH_ITERS=5000 cargo bench -p husk-tests --bench plugin_call
+//! BENCH_ONLY=python,js cargo bench -p husk-tests --bench plugin_call
 //! ```
 //!
 //! Every contender is loaded (compiled ahead of time, through the cache)
@@ -31,13 +32,18 @@
 //! per call — a fresh instance, the view lowered into it, the verdict
 //! lifted, the slot reset — with next to no guest work. Targets (issue 5):
 //! at most 30 µs median for Rust, C and WAT; at most 1 ms for Python.
+//!
+//! Then, in a separate pass (its clock reads are not in the figures above),
+//! where each component plugin's time goes: instantiating, the call itself
+//! (lowering the view, the guest, lifting the verdict) and dropping the store
+//! (the pool's slots are reset to the pristine image there).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use husk_plugins::config::PluginConfig;
-use husk_plugins::{view, ContainerContext, HostConfig, PluginHost, Verdict};
+use husk_plugins::{view, CallPhases, ContainerContext, HostConfig, PluginHost, Verdict};
 use husk_tests::stats::{count_from_env, percentile, print_load};
 
 /// Label, file, and whether the policy's verdict (two edits) is expected
@@ -79,6 +85,11 @@ fn main() -> ExitCode {
     };
     println!("plugin_call: {iters} calls per plugin");
     print_load();
+    // BENCH_ONLY=python,js: only these contenders (by their short names:
+    // native, floor, wat, rust, c, js, python).
+    let only: Option<Vec<String>> = std::env::var("BENCH_ONLY")
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect());
     let dir = plugins_dir();
     let mut missing = Vec::new();
     let mut plugins = Vec::new();
@@ -93,6 +104,9 @@ fn main() -> ExitCode {
         } else {
             "floor"
         };
+        if only.as_ref().is_some_and(|o| !o.iter().any(|n| n == short)) {
+            continue;
+        }
         let mut p = PluginConfig::new(short, path);
         p.config
             .insert("allowed-registries".into(), "docker.io,ghcr.io".into());
@@ -215,6 +229,46 @@ fn main() -> ExitCode {
     print_load();
     if !missed.is_empty() {
         println!("  over target: {}", missed.join("; "));
+    }
+
+    println!("\nwhere a component plugin's time goes, medians of {iters} calls, microseconds:\n");
+    println!(
+        "| {:<26} | {:>12} | {:>10} | {:>10} |",
+        "plugin", "instantiate", "call", "drop"
+    );
+    println!("| {:-<26} | {:->12} | {:->10} | {:->10} |", "", "", "", "");
+    for (label, p, policy) in &plugins {
+        let mut phases: Vec<CallPhases> = Vec::with_capacity(iters);
+        for _ in 0..iters {
+            match host.verdict_timed(&p.name, &view) {
+                Some((Ok(v), Some(ph))) => {
+                    let expected = match v {
+                        Verdict::Mutate(e) => *policy && e.len() == 2,
+                        Verdict::Allow => !*policy,
+                        _ => false,
+                    };
+                    assert!(expected, "{label}: unexpected verdict");
+                    phases.push(ph);
+                }
+                Some((Ok(_), None)) => break, // native: no phases
+                other => panic!("{label}: unexpected result {other:?}"),
+            }
+        }
+        if phases.is_empty() {
+            continue;
+        }
+        let med = |f: fn(&CallPhases) -> std::time::Duration| {
+            let mut v: Vec<f64> = phases.iter().map(|p| f(p).as_secs_f64() * 1e6).collect();
+            v.sort_by(f64::total_cmp);
+            percentile(&v, 50.0)
+        };
+        println!(
+            "| {:<26} | {:>12.1} | {:>10.1} | {:>10.1} |",
+            label,
+            med(|p| p.instantiate),
+            med(|p| p.call),
+            med(|p| p.drop)
+        );
     }
 
     // The whole create hook as the shim runs it: the view built from the

@@ -166,6 +166,19 @@ fn every_call_gets_a_fresh_instance() {
     }
 }
 
+#[test]
+fn a_call_that_dirties_many_scattered_pages_leaves_none_to_the_next() {
+    // The plugin writes 160 pages one page apart (more disjoint dirty
+    // regions than the slot reset's scan holds at once, so the reset must
+    // go on past them) and denies if it ever finds one not as the memory
+    // image has it. The slot is reused: the same plugin, one call at a time.
+    let host = host(vec![plugin("scatter", "wat-scatter.wasm")]);
+    for i in 0..30 {
+        let d = host.on_create_spec(&format!("c{i}"), &spec(|_| {}), &ctx());
+        assert!(d.is_allowed(), "call {i}: {:?}", d.reports);
+    }
+}
+
 /// A file the probe tries to read, and a listening socket it tries to reach.
 struct Targets {
     dir: tempfile::TempDir,

@@ -52,6 +52,10 @@ pub fn new_engine() -> Result<Engine, Error> {
     // stays resident; above them, or without PAGEMAP_SCAN, the remainder
     // is given back with madvise as before. A fresh call still sees exactly
     // the pristine image: nothing of one container's call reaches the next.
+    // The workspace patches wasmtime 48.0.8 here (plugins/host/vendor): its
+    // scan stopped after 32 dirty regions (an interpreter's heap has ~140,
+    // refaulted on every call), and missed dirty pages swapped out between
+    // calls, which the next instance would have seen.
     pool.pagemap_scan(Enabled::Auto);
     pool.linear_memory_keep_resident(KEEP_RESIDENT_MEMORY);
     pool.table_keep_resident(KEEP_RESIDENT_TABLE);

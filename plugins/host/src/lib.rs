@@ -63,3 +63,4 @@ pub use husk_plugin_client::{client, config, endpoint, protocol};
 pub use husk_plugin_client::{Error, HookFailure, HostConfig, Mode, OnError, PluginConfig};
 pub use registry::{Decision, Denial, HookReport, Outcome, PluginHost};
 pub use view::ContainerContext;
+pub use wasm::CallPhases;

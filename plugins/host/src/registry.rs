@@ -30,7 +30,7 @@ use crate::kv::KvStore;
 use crate::limits::EpochTicker;
 use crate::native::NativePlugin;
 use crate::view::{self, ContainerContext};
-use crate::wasm::{self, CallState, WasmPlugin};
+use crate::wasm::{self, CallPhases, CallState, WasmPlugin};
 use crate::{mutation, Error, HookFailure};
 
 /// A loaded plugin of either kind.
@@ -295,6 +295,24 @@ impl PluginHost {
         match registry.plugins.iter().find(|p| p.name() == plugin)? {
             Plugin::Wasm(p) => p.on_create(&self.ticker, view),
             Plugin::Native(p) => p.on_create(view),
+        }
+    }
+
+    /// [`Self::verdict_of`], with how long each part of the call took (a
+    /// component plugin's; `None` for a native one). For benchmarks.
+    pub fn verdict_timed(
+        &self,
+        plugin: &str,
+        view: &ContainerView,
+    ) -> Option<(Result<Verdict, HookFailure>, Option<CallPhases>)> {
+        let registry = self.current.load_full();
+        match registry.plugins.iter().find(|p| p.name() == plugin)? {
+            Plugin::Wasm(p) => {
+                let mut phases = CallPhases::default();
+                let v = p.on_create_timed(&self.ticker, view, Some(&mut phases))?;
+                Some((v, Some(phases)))
+            }
+            Plugin::Native(p) => Some((p.on_create(view)?, None)),
         }
     }
 

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Instance, InstancePre, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
@@ -34,6 +34,18 @@ const MAX_LOGS_PER_CALL: u32 = 64;
 /// Longer log messages are cut.
 const MAX_LOG_BYTES: usize = 4096;
 
+/// How long the parts of one hook call took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallPhases {
+    /// A fresh store and instance from the `InstancePre` (the pool's slots,
+    /// the core instances' vmctx, table elements, start functions).
+    pub instantiate: Duration,
+    /// Lowering the arguments, the guest's own work, lifting the result.
+    pub call: Duration,
+    /// Dropping the store: the slots go back to the pool, reset.
+    pub drop: Duration,
+}
+
 /// What a plugin's calls share: its name, its config map and its store.
 pub struct PluginShared {
     pub name: String,
@@ -51,7 +63,7 @@ pub struct CallState {
     logs: u32,
     /// When the call began, and how long it spent in the host's store
     /// (file locks, fsync): the time limit is the plugin's own time.
-    began: std::time::Instant,
+    began: Instant,
     in_store: Duration,
 }
 
@@ -65,7 +77,7 @@ impl CallState {
         &mut self,
         op: impl FnOnce(&KvStore) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let t = std::time::Instant::now();
+        let t = Instant::now();
         let store = self.store()?;
         let out = op(store);
         self.in_store += t.elapsed();
@@ -359,7 +371,7 @@ impl WasmPlugin {
                 },
                 shared: Arc::clone(&self.shared),
                 logs: 0,
-                began: std::time::Instant::now(),
+                began: Instant::now(),
                 in_store: Duration::ZERO,
             },
         );
@@ -376,21 +388,34 @@ impl WasmPlugin {
         Ok((store, stderr))
     }
 
-    /// One call: a fresh instance in a fresh store, under the limits.
+    /// One call: a fresh instance in a fresh store, under the limits. With
+    /// `phases`, how long each part took.
     fn call<R>(
         &self,
         ticker: &EpochTicker,
+        phases: Option<&mut CallPhases>,
         f: impl FnOnce(&mut Store<CallState>, &Instance) -> wasmtime::Result<R>,
     ) -> Result<R, HookFailure> {
+        let started = phases.is_some().then(Instant::now);
         let (mut store, stderr) = self
             .new_store()
             .map_err(|e| HookFailure::Instantiate(e.to_string()))?;
         let _running = ticker.running();
         store.set_epoch_deadline(self.ticks);
-        let result = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|instance| f(&mut store, &instance));
+        let instance = self.pre.instantiate(&mut store);
+        let instantiated = started.map(|_| Instant::now());
+        let result = instance.and_then(|instance| f(&mut store, &instance));
+        let called = started.map(|_| Instant::now());
+        // Dropping the store returns the instance's slots to the pool, which
+        // resets them to the pristine image.
+        drop(store);
+        if let (Some(p), Some(t0), Some(t1), Some(t2)) = (phases, started, instantiated, called) {
+            *p = CallPhases {
+                instantiate: t1 - t0,
+                call: t2 - t1,
+                drop: t2.elapsed(),
+            };
+        }
         result.map_err(|e| {
             classify(
                 &e,
@@ -407,8 +432,19 @@ impl WasmPlugin {
         ticker: &EpochTicker,
         view: &ContainerView,
     ) -> Option<Result<Verdict, HookFailure>> {
+        self.on_create_timed(ticker, view, None)
+    }
+
+    /// [`Self::on_create`], recording how long each part of the call took
+    /// in `phases` (for benchmarks).
+    pub fn on_create_timed(
+        &self,
+        ticker: &EpochTicker,
+        view: &ContainerView,
+        phases: Option<&mut CallPhases>,
+    ) -> Option<Result<Verdict, HookFailure>> {
         let indices = self.policy.as_ref()?;
-        Some(self.call(ticker, |store, instance| {
+        Some(self.call(ticker, phases, |store, instance| {
             indices
                 .load(&mut *store, instance)?
                 .call_on_create(store, view)
@@ -422,7 +458,7 @@ impl WasmPlugin {
         event: &StartEvent,
     ) -> Option<Result<(), HookFailure>> {
         let indices = self.lifecycle.as_ref()?;
-        Some(self.call(ticker, |store, instance| {
+        Some(self.call(ticker, None, |store, instance| {
             indices
                 .load(&mut *store, instance)?
                 .call_on_start(store, event)
@@ -436,7 +472,7 @@ impl WasmPlugin {
         event: &ExitEvent,
     ) -> Option<Result<(), HookFailure>> {
         let indices = self.lifecycle.as_ref()?;
-        Some(self.call(ticker, |store, instance| {
+        Some(self.call(ticker, None, |store, instance| {
             indices
                 .load(&mut *store, instance)?
                 .call_on_exit(store, event)
