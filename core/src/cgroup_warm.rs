@@ -8,6 +8,13 @@
 //! `cgroup.procs` while it creates a container, so without help that wait
 //! lands in the middle of every create (docs/architecture.md, "Speed").
 //!
+//! Husk's own runtime no longer writes `cgroup.procs` (it starts the
+//! container's first process inside its cgroup), so creates served by a
+//! spare shim, which is always one of husk's, do not hold the warm-up: its
+//! first write holds the kernel's cgroup mutex for a whole grace period and
+//! would only delay their cgroup mkdirs. Other creates (runc's shim, or no
+//! spare at hand) hold it.
+//!
 //! While at least one create is in flight ([`hold`]), a thread of huskd
 //! writes its own pid to its own cgroup's `cgroup.procs` every few
 //! milliseconds: a migration to where it already is, which changes nothing

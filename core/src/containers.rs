@@ -97,7 +97,13 @@ pub struct Manager {
     pub plugins: PluginStore,
     pub spares: Arc<Spares>,
     containers: Mutex<BTreeMap<String, Arc<Container>>>,
+    /// `--rm` containers unlisted at their exit whose removal is under way.
+    removing: Mutex<BTreeMap<String, Arc<Container>>>,
 }
+
+/// How long after a create the next spare shim is started at the latest
+/// (a detached start or the end of an attached run starts it earlier).
+const REFILL_AFTER: Duration = Duration::from_millis(100);
 
 fn log_path(layout: &Layout, id: &str) -> PathBuf {
     layout.container_dir(id).join("log.jsonl")
@@ -128,6 +134,7 @@ impl Manager {
             plugins,
             spares,
             containers: Mutex::new(BTreeMap::new()),
+            removing: Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -198,8 +205,6 @@ impl Manager {
 
     /// Creates a container: its rootfs, bundle, shim and task.
     pub async fn create(self: &Arc<Self>, p: CreateParams) -> Result<ContainerSummary> {
-        // The runtime's cgroup.procs writes then skip the kernel's wait.
-        let _warm = crate::cgroup_warm::hold();
         let t0 = std::time::Instant::now();
         let img = {
             let images = self.images.clone();
@@ -225,6 +230,13 @@ impl Manager {
         let args = spec_builder::args(&img.config, &p)?;
         // A spare shim comes with its container's id and bundle.
         let spare = self.spares.take(&shim_bin).await;
+        // Shims that migrate the container's first process through
+        // `cgroup.procs` (runc's) then find the kernel's lock warm. Not
+        // for a spare, which is one of husk's shims: its runtime starts
+        // the process inside the cgroup without taking that lock, and a
+        // warm-up's first write, which holds the cgroup mutex for a whole
+        // grace period, would only hold up its mkdirs.
+        let _warm = spare.is_none().then(crate::cgroup_warm::hold);
         let id = match &spare {
             Some(s) => s.id.clone(),
             None => state::new_id()?,
@@ -303,10 +315,12 @@ impl Manager {
             return Err(e);
         }
         let r = self.create_inner(&c, &img, &specs, spare, t0).await;
-        // The next create's spare starts now, after this one's Create (on
-        // two cores, a shim starting alongside would slow it down).
-        self.spares
-            .refill(&shim_bin, self.plugins.config_for_shims());
+        // The next create's spare starts once this container no longer
+        // needs the CPU to get going: after a detached start, after an
+        // attached run's end ([`Manager::refill_spare`]), or REFILL_AFTER
+        // from now, whichever comes first. On two cores a shim starting
+        // alongside a create, start, exit and removal slows them down.
+        self.refill_later(shim_bin.clone());
         match r {
             Ok(()) => Ok(c.record().summary()),
             Err(e) => {
@@ -464,6 +478,25 @@ impl Manager {
         Ok(())
     }
 
+    /// Starts the next spare shim for `c`'s shim binary, if there is none
+    /// (see `create`).
+    pub fn refill_spare(&self, c: &Container) {
+        let bin = c.rec.lock().unwrap().shim_binary.clone();
+        self.spares.refill(&bin, self.plugins.config_for_shims());
+    }
+
+    /// Refills the spare shim for `bin` after [`REFILL_AFTER`] (a no-op if
+    /// it was refilled meanwhile).
+    fn refill_later(self: &Arc<Self>, bin: PathBuf) {
+        let m = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(REFILL_AFTER).await;
+            if let Some(m) = m.upgrade() {
+                m.spares.refill(&bin, m.plugins.config_for_shims());
+            }
+        });
+    }
+
     /// Kills whatever a failed create left: the task, the shim, the rootfs.
     async fn force_cleanup(&self, c: &Arc<Container>) {
         let rec = c.record();
@@ -538,6 +571,14 @@ impl Manager {
 
     /// The container exited with `code`: drain its output, delete the
     /// task, shut the shim down, unmount the rootfs, record the exit.
+    ///
+    /// A `--rm` container is gone from the user's view as soon as its exit
+    /// is known and its output drained: it is unlisted, its name is free,
+    /// and `run --rm` has its exit code. Its task, shim, rootfs mount and
+    /// directories are removed right after ([`Manager::clean_up_removed`],
+    /// tracked until done, waited for when huskd stops); if that fails,
+    /// it is listed again as a stopped container, with the error logged,
+    /// for `husk rm` to retry.
     async fn finish_exit(self: &Arc<Self>, c: &Arc<Container>, code: i32) {
         let _op = c.op.lock().await;
         if c.rec.lock().unwrap().status == Status::Stopped {
@@ -549,58 +590,103 @@ impl Manager {
             sink.close(Duration::from_secs(5)).await;
         }
         tracing::debug!(id = %c.id, ms = t0.elapsed().as_secs_f64() * 1e3, "output drained");
+        let rec = c.record();
+        if rec.params.auto_remove {
+            c.rec.lock().unwrap().set_exited(code);
+            self.removing
+                .lock()
+                .unwrap()
+                .insert(c.id.clone(), c.clone());
+            self.containers.lock().unwrap().remove(&c.id);
+            tracing::info!(id = %c.id, code, "container exited");
+            c.exit.send_replace(Some(code));
+            c.settled.send_replace(true);
+            match self.clean_up_removed(c, &rec).await {
+                Ok(()) => {
+                    tracing::debug!(id = %c.id, ms = t0.elapsed().as_secs_f64() * 1e3, "container removed");
+                }
+                Err(e) => self.reinstate(c, &e),
+            }
+            self.removing.lock().unwrap().remove(&c.id);
+            return;
+        }
         // The init is gone, and with it the container's mount namespace:
         // the rootfs is unmounted while the shim deletes the task.
-        let rec = c.record();
-        let unmount = self.unmount(&rec);
-        let client = c.client.lock().unwrap().take();
-        let shim_log = c.shim_log.lock().unwrap().take();
-        let delete = async {
-            if let Some(client) = client {
-                shim_client::delete_task(&client, &c.id).await;
-                // The shim exits on Shutdown; nothing here needs its answer.
-                let id = c.id.clone();
-                tokio::spawn(async move {
-                    shim_client::shutdown(&client, &id).await;
-                    drop(shim_log);
-                });
-            }
-        };
-        let (unmounted, ()) = tokio::join!(unmount, delete);
+        let (unmounted, ()) = tokio::join!(self.unmount(&rec), self.delete_task(c, false));
         if let Err(e) = unmounted {
             tracing::warn!(id = %c.id, %e, "unmounting the rootfs");
         }
         tracing::debug!(id = %c.id, ms = t0.elapsed().as_secs_f64() * 1e3, "task deleted, rootfs unmounted");
-        let auto_remove = {
-            let mut r = c.rec.lock().unwrap();
-            r.status = Status::Stopped;
-            r.exit_code = Some(code);
-            r.finished_at = Some(state::now());
-            r.shim_address = None;
-            r.rootfs_mounted = false;
-            r.pid = 0;
-            r.params.auto_remove
-        };
-        // A `--rm` container's record is removed right below; saving the
-        // exit first would cost an fsync for nothing (a crash in between
-        // finds a dead shim and removes it then).
-        if !auto_remove {
-            if let Err(e) = self.save(c) {
-                tracing::error!(id = %c.id, %e, "saving the exit");
-            }
+        c.rec.lock().unwrap().set_exited(code);
+        if let Err(e) = self.save(c) {
+            tracing::error!(id = %c.id, %e, "saving the exit");
         }
         tracing::info!(id = %c.id, code, "container exited");
         c.exit.send_replace(Some(code));
-        drop(_op);
-        if auto_remove {
-            if let Err(e) = self.remove(&c.id, true).await {
-                tracing::warn!(id = %c.id, %e, "auto-remove");
-                if let Err(e) = self.save(c) {
-                    tracing::error!(id = %c.id, %e, "saving the exit");
-                }
-            }
-        }
         c.settled.send_replace(true);
+    }
+
+    /// Deletes the task and shuts its shim down (the shim exits; with
+    /// `wait_shutdown` once it has answered, else in the background).
+    async fn delete_task(&self, c: &Container, wait_shutdown: bool) {
+        let client = c.client.lock().unwrap().take();
+        let shim_log = c.shim_log.lock().unwrap().take();
+        let Some(client) = client else { return };
+        shim_client::delete_task(&client, &c.id).await;
+        let id = c.id.clone();
+        let shutdown = async move {
+            shim_client::shutdown(&client, &id).await;
+            drop(shim_log);
+        };
+        if wait_shutdown {
+            shutdown.await;
+        } else {
+            tokio::spawn(shutdown);
+        }
+    }
+
+    /// The rest of a `--rm` container's removal, once it is unlisted: the
+    /// task deleted and the shim shut down while the rootfs is unmounted,
+    /// then its directories removed.
+    async fn clean_up_removed(&self, c: &Container, rec: &ContainerRecord) -> Result<()> {
+        let (unmounted, ()) = tokio::join!(self.unmount(rec), self.delete_task(c, true));
+        if let Err(e) = unmounted {
+            c.rec.lock().unwrap().rootfs_mounted = true;
+            return Err(e);
+        }
+        self.remove_files(rec)
+    }
+
+    /// A `--rm` container whose removal failed is listed again, stopped,
+    /// for `husk rm` to retry (under its id if its name was taken since).
+    fn reinstate(&self, c: &Arc<Container>, e: &CoreError) {
+        {
+            let mut map = self.containers.lock().unwrap();
+            let mut r = c.rec.lock().unwrap();
+            if map.values().any(|o| o.rec.lock().unwrap().name == r.name) {
+                r.name = r.id[..12].to_string();
+            }
+            drop(r);
+            map.insert(c.id.clone(), c.clone());
+        }
+        tracing::error!(id = %c.id, %e, "removing a --rm container failed; it is listed as stopped: `husk rm` it once the cause is fixed");
+        if let Err(e) = self.save(c) {
+            tracing::error!(id = %c.id, %e, "saving the exit");
+        }
+    }
+
+    /// Waits (at most `timeout`) for the removals of `--rm` containers
+    /// still under way, as huskd stops.
+    pub async fn finish_removals(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.removing.lock().unwrap().is_empty() {
+            if tokio::time::Instant::now() >= deadline {
+                let ids: Vec<String> = self.removing.lock().unwrap().keys().cloned().collect();
+                tracing::warn!(?ids, "stopping before these --rm containers were removed; the next huskd finishes it");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Starts a created container.
@@ -721,6 +807,15 @@ impl Manager {
         }
         let rec = c.record();
         self.unmount(&rec).await?;
+        self.remove_files(&rec)?;
+        self.containers.lock().unwrap().remove(&rec.id);
+        tracing::info!(id = %rec.id, "container removed");
+        Ok(())
+    }
+
+    /// Removes a container's record and files (its rootfs unmounted):
+    /// renamed away at once, deleted in the background.
+    fn remove_files(&self, rec: &ContainerRecord) -> Result<()> {
         let cdir = self.layout.container_dir(&rec.id);
         // The record goes first (rename away), so a crash never leaves a
         // record whose files are half gone.
@@ -740,8 +835,6 @@ impl Manager {
             let _ = fs::remove_dir_all(&bundle);
             let _ = fs::remove_dir_all(&trash);
         });
-        self.containers.lock().unwrap().remove(&rec.id);
-        tracing::info!(id = %rec.id, "container removed");
         Ok(())
     }
 

@@ -261,7 +261,9 @@ async fn dispatch(
             }
             let p: P = params(p)?;
             if !p.attach {
-                return to_value(m.start(&p.id).await?.record().summary());
+                let c = m.start(&p.id).await?;
+                m.refill_spare(&c);
+                return to_value(c.record().summary());
             }
             start_attached(m, &p.id, out, inbox).await
         }
@@ -446,6 +448,7 @@ async fn start_attached(
         // `run --rm` returns once the container is gone.
         let _ = tokio::time::timeout(Duration::from_secs(60), c.wait_settled()).await;
     }
+    m.refill_spare(&c);
     Ok(json!({"id": c.id, "exit_code": code}))
 }
 

@@ -138,6 +138,16 @@ pub struct ContainerRecord {
 }
 
 impl ContainerRecord {
+    /// Records an exit with `code`: stopped, no shim, no mounted rootfs.
+    pub fn set_exited(&mut self, code: i32) {
+        self.status = Status::Stopped;
+        self.exit_code = Some(code);
+        self.finished_at = Some(now());
+        self.shim_address = None;
+        self.rootfs_mounted = false;
+        self.pid = 0;
+    }
+
     pub fn summary(&self) -> ContainerSummary {
         ContainerSummary {
             id: self.id.clone(),

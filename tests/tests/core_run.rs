@@ -119,3 +119,52 @@ fn run_with_the_hardened_shim_and_a_shim_given_by_path() {
     ]);
     assert_eq!(out, "by path\n");
 }
+
+/// `run --rm` answers once the container's exit is known and its output
+/// drained: its name is free at once, and its shim, cgroups, rootfs mount
+/// and directories go right after (huskd removes them in the background).
+#[test]
+fn run_rm_frees_its_name_at_once_and_leaves_nothing_behind() {
+    require_root!();
+    let d = Huskd::start();
+    d.import_busybox();
+    let name = husk_tests::unique_id("rmname");
+    // The hostname defaults to the id's first 12 characters.
+    let ids: Vec<String> = (0..3)
+        .map(|_| {
+            d.husk_ok(&["run", "--rm", "--name", &name, IMAGE, "hostname"])
+                .trim()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(d.husk_ok(&["ps", "-a", "--format", "json"]).trim(), "[]");
+    for id in &ids {
+        assert_eq!(id.len(), 12, "{ids:?}");
+        husk_tests::leaks::assert_no_leaks(id);
+    }
+    let named = |dir: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| ids.iter().any(|id| n.contains(id.as_str())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let left: Vec<String> = [d.state.join("bundles"), d.root.join("containers")]
+            .iter()
+            .flat_map(|dir| named(dir))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: {left:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

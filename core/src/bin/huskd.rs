@@ -113,6 +113,8 @@ async fn run(a: Args) -> husk_core::Result<()> {
         _ = term.recv() => tracing::info!("SIGTERM: exiting; containers keep running"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: exiting; containers keep running"),
     }
+    // `--rm` containers already reported gone are removed before exiting.
+    m.finish_removals(std::time::Duration::from_secs(10)).await;
     m.spares.close().await;
     let _ = std::fs::remove_file(&socket);
     drop(events);
