@@ -168,3 +168,29 @@ fn run_rm_frees_its_name_at_once_and_leaves_nothing_behind() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// The container's program starts with no signal ignored (ignored signals
+/// survive execve: the runtime's Rust ignores SIGPIPE), as under runc: a
+/// pipeline's writer dies quietly of SIGPIPE.
+#[test]
+fn the_containers_program_starts_with_no_signal_ignored() {
+    require_root!();
+    let d = Huskd::start();
+    d.import_busybox();
+    let out = d.husk(&[
+        "run",
+        "--rm",
+        IMAGE,
+        "sh",
+        "-c",
+        "grep SigIgn /proc/self/status; yes | head -1",
+    ]);
+    let text = husk_tests::command::format_output(&out);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "SigIgn:\t0000000000000000\ny\n",
+        "{text}"
+    );
+    assert!(out.stderr.is_empty(), "{text}");
+}

@@ -294,6 +294,9 @@ fn container_init(
     let env = process::environment(process, || process::home_of(&passwd, process.user().uid()));
     let args = process.args().clone().unwrap_or_default();
     let program = process::find_executable(&args[0], &env, cwd)?;
+    // The program starts with every signal at its default action, as on
+    // runc (before a seccomp filter could refuse sigaction).
+    sys::default_ignored_signals();
     // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN, which the
     // credentials may drop: load it first, as runc does (the profile must
     // then allow what follows: setgroups, setresuid, capset, prctl, execve).

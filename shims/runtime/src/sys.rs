@@ -1005,6 +1005,47 @@ pub fn socketpair_stream() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Blocks or unblocks signals for the calling thread.
+/// Sets every signal this process ignores back to its default action:
+/// ignored signals survive execve, and a container's program must not
+/// start with the runtime's (Rust ignores SIGPIPE; a daemon started from a
+/// shell may ignore SIGINT and SIGQUIT, and glibc's internal signals 32 and
+/// 33 can arrive ignored too). Handlers are left alone (execve resets them
+/// itself).
+pub fn default_ignored_signals() {
+    // The kernel's struct sigaction, all zero: SIG_DFL, no flags, an empty
+    // mask (32 bytes covers every architecture's layout). rt_sigaction
+    // directly, as glibc refuses its internal signals.
+    for sig in 1..=libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        let mut old = [0u64; 4];
+        let dfl = [0u64; 4];
+        let sigset_size = std::mem::size_of::<u64>();
+        // SAFETY: rt_sigaction reads at most the kernel's struct sigaction
+        // from `dfl` and writes it into `old`, both 32 bytes; the handler
+        // is the first field everywhere.
+        unsafe {
+            let got = libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                std::ptr::null::<u64>(),
+                old.as_mut_ptr(),
+                sigset_size,
+            );
+            if got == 0 && old[0] == libc::SIG_IGN as u64 {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    dfl.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                    sigset_size,
+                );
+            }
+        }
+    }
+}
+
 pub fn set_signal_mask(how: libc::c_int, signals: &[libc::c_int]) -> io::Result<()> {
     // SAFETY: set is initialised by sigemptyset before use.
     unsafe {
