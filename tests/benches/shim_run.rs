@@ -264,7 +264,7 @@ fn mappings(pid: u32) -> String {
         }
     }
     by.retain(|(_, kb)| *kb > 0);
-    by.sort_by(|a, b| b.1.cmp(&a.1));
+    by.sort_by_key(|e| std::cmp::Reverse(e.1));
     by.iter()
         .map(|(n, kb)| format!("{n} {kb}"))
         .collect::<Vec<_>>()
