@@ -20,6 +20,12 @@
 //! shim. The husk shim is `target/release/containerd-shim-husk-v2`
 //! (next to this bench executable). The load average is printed before and
 //! after: the machine is shared.
+//!
+//! The hot layout (shims/shim/layout/README.md): the bench first prints how
+//! many of the functions listed in `shims/shim/layout/hot.txt` the measured
+//! binary's link matched (from the link map the shim's build script has the
+//! linker write) and the size of the cluster, `.text.husk_hot`, so a stale
+//! list shows here instead of as a slowly growing RSS.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -50,6 +56,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     husk_tests::require_command("containerd-shim-runc-v2");
+    println!("{}", hot_layout(&dir.join("containerd-shim-husk-v2")));
     let iters: usize = std::env::var("BENCH_ITERS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -269,4 +276,120 @@ fn mappings(pid: u32) -> String {
         .map(|(n, kb)| format!("{n} {kb}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// How many of the globs in `shims/shim/layout/hot.txt` matched a function
+/// in the link of `bin`, and the size of its `.text.husk_hot`: read from
+/// the link map the shim's build script has the linker write into its
+/// `OUT_DIR` (the newest one under the profile's `build/husk-shim-*`, checked
+/// against the binary's own section size).
+fn hot_layout(bin: &std::path::Path) -> String {
+    let list_path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shims/shim/layout/hot.txt");
+    let list = std::fs::read_to_string(&list_path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", list_path.display()));
+    let globs: Vec<&str> = list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let name = bin.file_name().unwrap().to_string_lossy();
+    let build = bin.parent().unwrap().join("build");
+    let map = std::fs::read_dir(&build)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("husk-shim-"))
+        .map(|e| e.path().join("out").join(format!("{name}.map")))
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .max();
+    let Some((_, map)) = map else {
+        return format!(
+            "hot layout: no link map of {name} under {}: is shims/shim/build.rs's layout off?",
+            build.display()
+        );
+    };
+    let text = std::fs::read_to_string(&map).unwrap_or_default();
+    // The output section's line ("VMA LMA Size Align .text.husk_hot"), then
+    // its input sections ("VMA LMA Size Align path:(.text.NAME)").
+    let mut size = None;
+    let mut sections: Vec<&str> = Vec::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match (size, fields.as_slice()) {
+            (None, [_, _, sz, _, ".text.husk_hot"]) => {
+                size = u64::from_str_radix(sz, 16).ok();
+            }
+            (Some(_), [_, _, _, _, out]) if out.starts_with('.') => break,
+            (Some(_), [_, _, _, _, input]) => {
+                if let Some(s) = input
+                    .rsplit_once(":(.text.")
+                    .and_then(|(_, s)| s.strip_suffix(')'))
+                {
+                    sections.push(s);
+                }
+            }
+            _ => {}
+        }
+    }
+    let Some(size) = size else {
+        return format!("hot layout: {} has no .text.husk_hot", map.display());
+    };
+    let in_binary = section_size(bin, ".text.husk_hot");
+    if in_binary != Some(size) {
+        return format!(
+            "hot layout: {} is not the map of {} (.text.husk_hot {size} bytes there, {in_binary:?} in the binary)",
+            map.display(),
+            bin.display()
+        );
+    }
+    let matched = globs
+        .iter()
+        .filter(|g| sections.iter().any(|s| glob_match(g, s)))
+        .count();
+    format!(
+        "hot layout: {matched} of {} listed functions matched ({} sections, {} kB .text.husk_hot){}",
+        globs.len(),
+        sections.len(),
+        size / 1024,
+        if matched * 10 < globs.len() * 9 {
+            "; under 90%: regenerate the list with scripts/shim-layout.sh"
+        } else {
+            ""
+        }
+    )
+}
+
+/// The size of section `name` of the ELF file `bin` (`readelf -SW`).
+fn section_size(bin: &std::path::Path, name: &str) -> Option<u64> {
+    let out = std::process::Command::new("readelf")
+        .arg("-SW")
+        .arg(bin)
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        // "[16] .text.husk_hot PROGBITS addr off size ..."
+        let f: Vec<&str> = l.split(']').nth(1)?.split_whitespace().collect();
+        (f.first() == Some(&name)).then(|| u64::from_str_radix(f.get(4)?, 16).ok())?
+    })
+}
+
+/// Whether `s` matches `glob`, whose only wildcard is `*`.
+fn glob_match(glob: &str, s: &str) -> bool {
+    let mut parts = glob.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = s.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for p in middle {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
