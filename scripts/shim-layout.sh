@@ -17,8 +17,8 @@
 # 3. Writes the functions of the binary that the daemon ran: first those
 #    of the steady state bench shim_run measures (start, Create, Start,
 #    State), then those of the rest of a container's life (Pids, Stats,
-#    Exec, Pause, Resume, Kill, exit, Wait, Delete, Shutdown). Each is the
-#    legacy-mangled path without its hash (see the README).
+#    Exec, Pause, Resume, Kill, exit, Wait, Delete, Shutdown), each as a
+#    glob of its mangled name without the hashes (see the README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
