@@ -8,7 +8,6 @@
 //! | module | protocol concept |
 //! | --- | --- |
 //! | [`args`] | containerd's shim flags |
-//! | [`cgroup_warm`] | the cgroup migration lock kept warm for the first Create |
 //! | [`start`] | `start`: socket naming, grouping, daemonizing |
 //! | [`delete`] | `delete`: cleanup after a dead shim |
 //! | [`server`] | the daemon: startup (fresh or inherited), SIGCHLD, SIGUSR2, idle exit, shutdown |
@@ -27,7 +26,6 @@
 //! | [`plugins`] | policy and lifecycle plugins at create, start and exit |
 
 pub mod args;
-pub mod cgroup_warm;
 pub mod delete;
 pub mod error;
 pub mod events;
@@ -129,8 +127,8 @@ pub fn main(profile: Profile) -> ! {
                     Err(e) => fail(&format!("start: {e}")),
                 },
                 // The child `start` forked: the daemon.
-                Ok(start::Outcome::Daemon(daemon, listener, warm)) => {
-                    serve(&daemon, profile, server::Origin::Forked(listener, warm))
+                Ok(start::Outcome::Daemon(daemon, listener)) => {
+                    serve(&daemon, profile, server::Origin::Forked(listener))
                 }
                 Err(e) => fail(&format!("start: {e}")),
             }

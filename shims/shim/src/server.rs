@@ -12,7 +12,6 @@ use containerd_shim_protos::shim_async::create_task;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::args::Args;
-use crate::cgroup_warm::Warm;
 use crate::error::{Result, ShimError};
 use crate::events::{Publisher, Target};
 use crate::service::{Shim, TaskService};
@@ -28,9 +27,8 @@ pub const IDLE_TIMEOUT_ENV: &str = "HUSK_SHIM_IDLE_TIMEOUT";
 
 /// How the daemon came to be.
 pub enum Origin {
-    /// Forked by `start`, with the socket it bound and the cgroup lock
-    /// warm-up it started.
-    Forked(OwnedFd, Option<Warm>),
+    /// Forked by `start`, with the socket it bound.
+    Forked(OwnedFd),
     /// Executed with the socket on fd 3 (by a `start` from before it
     /// forked).
     Executed,
@@ -41,18 +39,13 @@ pub enum Origin {
 /// Serves: a fresh shim or the successor of a live swap.
 pub fn serve(args: &Args, profile: Profile, origin: Origin) -> Result<()> {
     args.require_id()?;
-    // A fresh shim's Create comes within milliseconds: the kernel's wait
-    // for the cgroup lock starts now (see cgroup_warm.rs).
-    let (startup_warm, inheritance) = match origin {
+    let inheritance = match origin {
         Origin::Successor(memfd) => match swap::take_over(&memfd, profile) {
-            Ok(i) => (None, i),
+            Ok(i) => i,
             Err((why, h)) => swap::roll_back(memfd, h, &why),
         },
-        Origin::Forked(listener, warm) => (warm, fresh(args, profile, listener)?),
-        Origin::Executed => (
-            Warm::start(),
-            fresh(args, profile, start::inherited_listener()?)?,
-        ),
+        Origin::Forked(listener) => fresh(args, profile, listener)?,
+        Origin::Executed => fresh(args, profile, start::inherited_listener()?)?,
     };
     // Set by the first binary; kept across execve (the kernel keeps it in
     // the signal struct), set again in case an older binary did not.
@@ -69,7 +62,7 @@ pub fn serve(args: &Args, profile: Profile, origin: Origin) -> Result<()> {
         .thread_keep_alive(Duration::from_secs(5))
         .build()
         .map_err(ShimError::io("start the tokio runtime"))?;
-    rt.block_on(run(inheritance, profile, startup_warm))
+    rt.block_on(run(inheritance, profile))
 }
 
 fn fresh(args: &Args, profile: Profile, listener: OwnedFd) -> Result<Inheritance> {
@@ -102,7 +95,7 @@ fn fresh(args: &Args, profile: Profile, listener: OwnedFd) -> Result<Inheritance
     })
 }
 
-async fn run(inh: Inheritance, profile: Profile, startup_warm: Option<Warm>) -> Result<()> {
+async fn run(inh: Inheritance, profile: Profile) -> Result<()> {
     // Before anything can start a child, so no SIGCHLD is missed.
     let mut sigchld = signal(SignalKind::child()).map_err(ShimError::io("watch SIGCHLD"))?;
     let mut sigusr2 =
@@ -129,7 +122,6 @@ async fn run(inh: Inheritance, profile: Profile, startup_warm: Option<Warm>) -> 
         tracing::warn!("took the shim back after a failed swap: {why}");
     }
     let shim = Arc::new(Shim::new(state, events));
-    *shim.startup_warm.lock().unwrap_or_else(|p| p.into_inner()) = startup_warm;
     crate::plugins::preload(&shim.plugins);
     swap::restore_io(&shim, inh.io);
     let swapper = Swapper::new(Arc::clone(&shim), profile);

@@ -44,9 +44,6 @@ pub struct Shim {
     pub exited: tokio::sync::Notify,
     /// Woken when Shutdown lets the shim exit.
     pub shutdown: tokio::sync::Notify,
-    /// A fresh shim's cgroup lock warm-up, until its first create is done
-    /// (see `server::serve`).
-    pub startup_warm: Mutex<Option<crate::cgroup_warm::Warm>>,
 }
 
 impl Shim {
@@ -59,7 +56,6 @@ impl Shim {
             plugins: Arc::default(),
             exited: tokio::sync::Notify::new(),
             shutdown: tokio::sync::Notify::new(),
-            startup_warm: Mutex::new(None),
         }
     }
 
@@ -343,12 +339,6 @@ impl TaskService {
                 }
             })
             .await;
-        // The first create is done: the startup warm-up has served.
-        self.shim
-            .startup_warm
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
         let created = match result {
             Ok(reply) => {
                 let terminal_up = match reply.fd {

@@ -89,8 +89,8 @@ pub enum Outcome {
     /// This is `start`: print the address and exit.
     Address(String),
     /// This is the daemon `start` forked: serve on this listening socket
-    /// with these arguments, the cgroup lock warm-up already running.
-    Daemon(Args, OwnedFd, Option<crate::cgroup_warm::Warm>),
+    /// with these arguments.
+    Daemon(Args, OwnedFd),
 }
 
 /// Runs `start`: the address to print to containerd, or, in the child it
@@ -119,8 +119,8 @@ pub fn run(args: &Args) -> Result<Outcome> {
         Err(e) => return Err(ShimError::io(format!("bind shim socket {path}"))(e)),
     };
     let pid = match fork_daemon() {
-        Ok(Ok(pid)) => pid,
-        Ok(Err(warm)) => {
+        Ok(Some(pid)) => pid,
+        Ok(None) => {
             if let Some(config) = preload {
                 // Single-threaded still: nothing else reads the environment.
                 std::env::set_var(plugins::PRELOAD_ENV, config);
@@ -128,7 +128,6 @@ pub fn run(args: &Args) -> Result<Outcome> {
             return Ok(Outcome::Daemon(
                 args.for_daemon(&address),
                 OwnedFd::from(listener),
-                warm,
             ));
         }
         Err(e) => {
@@ -142,20 +141,19 @@ pub fn run(args: &Args) -> Result<Outcome> {
     Ok(Outcome::Address(address))
 }
 
-/// Forks the daemon: `Ok(pid)` in `start`, `Err(warm-up)` in the daemon,
-/// which is in a session of its own with stdio on /dev/null (containerd
-/// reads `start`'s output until every writer is gone).
+/// Forks the daemon: `Some(pid)` in `start`, `None` in the daemon, which
+/// is in a session of its own with stdio on /dev/null (containerd reads
+/// `start`'s output until every writer is gone).
 ///
-/// The daemon forks the cgroup lock warm-up child at once, and `start`
-/// returns only after that child has retitled itself: whoever counts
-/// shims by their command line once `start` has printed the address finds
-/// exactly one.
+/// `start` returns only after the daemon has blanked `start` from its
+/// command line: whoever counts shims by their command line once `start`
+/// has printed the address finds exactly one.
 ///
 /// A fork, not an exec of this binary as Go shims must do: `start` has no
 /// thread yet, and the daemon starts with everything `start` already
 /// loaded and touched, instead of paying a second exec, dynamic loading
 /// and relocation before it can accept containerd's Create.
-fn fork_daemon() -> Result<Result<u32, Option<crate::cgroup_warm::Warm>>> {
+fn fork_daemon() -> Result<Option<u32>> {
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| ShimError::io("create a pipe for the shim daemon")(e.into()))?;
     let null = std::fs::OpenOptions::new()
@@ -168,9 +166,9 @@ fn fork_daemon() -> Result<Result<u32, Option<crate::cgroup_warm::Warm>>> {
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Parent { child }) => {
             drop(ready_w);
-            // EOF once the daemon has its warm-up child (or died).
+            // EOF once the daemon has retitled itself (or died).
             let _ = nix::unistd::read(&ready_r, &mut [0u8; 1]);
-            Ok(Ok(child.as_raw() as u32))
+            Ok(Some(child.as_raw() as u32))
         }
         Ok(nix::unistd::ForkResult::Child) => {
             let detach = || -> std::io::Result<()> {
@@ -191,9 +189,8 @@ fn fork_daemon() -> Result<Result<u32, Option<crate::cgroup_warm::Warm>>> {
             }
             drop((null, ready_r));
             hide_start_argument();
-            let warm = crate::cgroup_warm::Warm::start();
             drop(ready_w);
-            Ok(Err(warm))
+            Ok(None)
         }
         Err(e) => Err(ShimError::io("fork the shim daemon")(e.into())),
     }
@@ -220,8 +217,8 @@ fn hide_start_argument() {
     }
 }
 
-/// Replaces this process's whole command line with `title`: a worker or
-/// the warm-up child (forks of the daemon) must not look like a shim to
+/// Replaces this process's whole command line with `title`: a worker (a
+/// fork of the daemon) must not look like a shim to
 /// whatever counts shims by their command line. Best effort.
 pub fn retitle(title: &str) {
     let Ok(len) = std::fs::read("/proc/self/cmdline").map(|c| c.len()) else {

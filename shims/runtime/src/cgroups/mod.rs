@@ -109,17 +109,6 @@ impl Hierarchy {
         }
     }
 
-    /// Used to start the kernel's wait before the runtime's migration of
-    /// a container's first process, off the critical path. The runtime no
-    /// longer migrates processes through `cgroup.procs`: it starts them
-    /// inside their cgroup ([`Cgroup::enter_thread`], clone3 into
-    /// [`Cgroup::unified_dir`]), so there is no wait left to start early,
-    /// and a warm-up's write would only hold the kernel's cgroup mutex for
-    /// a whole RCU grace period (every cgroup mkdir and rmdir on the host
-    /// waits meanwhile). It does nothing now; kept until its callers (the
-    /// shim's start-up warm-up) drop it.
-    pub fn prewarm_migration(&self) {}
-
     /// Mount point of a v1 controller's hierarchy (`None` on v2).
     pub fn controller_root(&self, controller: &str) -> Option<&Path> {
         match self {
