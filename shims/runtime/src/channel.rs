@@ -19,6 +19,33 @@ fn io_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Init(format!("{what} on the init channel: {e}"))
 }
 
+/// Writes all of `bytes` to the stream socket `sock`, passing `fd` (if
+/// any) with the first byte, so the receiver gets it with the first read.
+/// Also serves the shim's workers, which answer their daemon this way.
+pub fn send_all_with_fd(sock: RawFd, bytes: &[u8], fd: Option<RawFd>) -> std::io::Result<()> {
+    let fds = fd.map(|f| [f]);
+    let cmsgs: Vec<ControlMessage> = fds
+        .as_ref()
+        .map(|f| ControlMessage::ScmRights(f))
+        .into_iter()
+        .collect();
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match sendmsg::<()>(
+            sock,
+            &[IoSlice::new(&bytes[sent..])],
+            if sent == 0 { &cmsgs } else { &[] },
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(n) => sent += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 impl Channel {
     pub fn pair() -> Result<(Channel, Channel)> {
         let (a, b) = crate::sys::socketpair_stream().map_err(|e| io_err("socketpair", e))?;
@@ -43,24 +70,7 @@ impl Channel {
     pub fn send_with_fd<T: Serialize>(&mut self, msg: &T, fd: Option<RawFd>) -> Result<()> {
         let body = serde_json::to_vec(msg).map_err(|e| io_err("encode", e))?;
         let header = (body.len() as u32).to_le_bytes();
-        let fds = fd.map(|f| [f]);
-        let cmsgs: Vec<ControlMessage> = fds
-            .as_ref()
-            .map(|f| ControlMessage::ScmRights(f))
-            .into_iter()
-            .collect();
-        let mut sent = 0;
-        while sent < header.len() {
-            let n = sendmsg::<()>(
-                self.stream.as_raw_fd(),
-                &[IoSlice::new(&header[sent..])],
-                if sent == 0 { &cmsgs } else { &[] },
-                MsgFlags::MSG_NOSIGNAL,
-                None,
-            )
-            .map_err(|e| io_err("send", e))?;
-            sent += n;
-        }
+        send_all_with_fd(self.stream.as_raw_fd(), &header, fd).map_err(|e| io_err("send", e))?;
         self.stream.write_all(&body).map_err(|e| io_err("send", e))
     }
 

@@ -36,14 +36,14 @@
 //! message.
 
 use std::collections::BTreeSet;
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::panic::AssertUnwindSafe;
 use std::sync::Mutex;
 
 use husk_runtime::sys;
 use nix::sys::signal::{SigHandler, Signal};
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::error::{Result, ShimError};
@@ -150,7 +150,11 @@ where
         ))
     });
     let (frame, fd) = encode(result);
-    let _ = send(&sock, &frame, fd.as_ref().map(AsRawFd::as_raw_fd));
+    let _ = husk_runtime::channel::send_all_with_fd(
+        sock.as_raw_fd(),
+        &frame,
+        fd.as_ref().map(AsRawFd::as_raw_fd),
+    );
     exit_now(0)
 }
 
@@ -299,30 +303,6 @@ fn decode(bytes: &[u8], fd: Option<OwnedFd>) -> Option<Result<Reply>> {
         }
         _ => None,
     }
-}
-
-fn send(sock: &OwnedFd, frame: &[u8], fd: Option<RawFd>) -> std::io::Result<()> {
-    let fds = fd.map(|f| [f]);
-    let cmsgs: Vec<ControlMessage> = fds
-        .as_ref()
-        .map(|f| ControlMessage::ScmRights(f))
-        .into_iter()
-        .collect();
-    let mut sent = 0;
-    while sent < frame.len() {
-        match sendmsg::<()>(
-            sock.as_raw_fd(),
-            &[IoSlice::new(&frame[sent..])],
-            if sent == 0 { &cmsgs } else { &[] },
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        ) {
-            Ok(n) => sent += n,
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
 }
 
 /// One `recvmsg`: bytes appended to `buf`, a passed descriptor kept.
