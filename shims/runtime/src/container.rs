@@ -62,6 +62,19 @@ pub struct ExecOptions {
 pub struct Started {
     pub pid: i32,
     pub console_master: Option<OwnedFd>,
+    /// What the init's exit needs, known at create (`None` for an exec).
+    pub init_exit: Option<InitExit>,
+}
+
+/// What a shim does when a container's init exits, without loading the
+/// container's state again: processes that can outlive the init (with no
+/// pid namespace of its own; in one, the kernel kills them with the init)
+/// are killed, and the cgroup's OOM kills are counted from this file
+/// (`oom_kill` line; see [`Cgroup::oom_kills_file`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InitExit {
+    pub kill_all: bool,
+    pub oom_kills_file: Option<PathBuf>,
 }
 
 pub struct Runtime {
@@ -146,6 +159,10 @@ impl Runtime {
         sys::mkfifo(&fifo, 0o600).context(|| format!("create exec fifo {}", fifo.display()))?;
 
         let namespaces = Plan::from_spec(&spec);
+        let init_exit = InitExit {
+            kill_all: !namespaces.creates(LinuxNamespaceType::Pid),
+            oom_kills_file: cgroup.oom_kills_file(),
+        };
         let uid_map =
             namespaces::format_id_map(linux.uid_mappings().as_deref().unwrap_or_default());
         let gid_map =
@@ -234,6 +251,7 @@ impl Runtime {
         Ok(Started {
             pid: launched.pid,
             console_master,
+            init_exit: Some(init_exit),
         })
     }
 
@@ -438,6 +456,7 @@ impl Runtime {
         Ok(Started {
             pid: launched.pid,
             console_master,
+            init_exit: None,
         })
     }
 }

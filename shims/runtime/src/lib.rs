@@ -34,5 +34,5 @@ pub mod spec;
 pub mod state;
 pub mod sys;
 
-pub use container::{CreateOptions, ExecOptions, ProcessIo, Runtime, Started};
+pub use container::{CreateOptions, ExecOptions, InitExit, ProcessIo, Runtime, Started};
 pub use error::{Error, Result};

@@ -117,12 +117,20 @@ impl Shim {
             // Then its OOM kills so far. In a worker, waited for here (it
             // takes about a millisecond): the OOM event comes before the
             // exit event, which comes before Wait returns.
+            // Known from the create, and with nothing to kill (a pid
+            // namespace of its own), the count is one small read here:
+            // no worker between the exit and its event.
             let id = r.container.clone();
-            let oom_kills = worker::run_blocking("exit cleanup", || {
-                let _ = self.runtime.kill(&id, libc::SIGKILL, true);
-                let stats = self.runtime.stats(&id)?;
-                Ok(Reply::pid(stats.oom_kills.min(i32::MAX as u64) as i32))
-            })
+            let oom_kills = match &c.init_exit {
+                Some(x) if !x.kill_all => Ok(Reply::pid(
+                    oom_kills_in(x.oom_kills_file.as_deref()).min(i32::MAX as u64) as i32,
+                )),
+                _ => worker::run_blocking("exit cleanup", || {
+                    let _ = self.runtime.kill(&id, libc::SIGKILL, true);
+                    let stats = self.runtime.stats(&id)?;
+                    Ok(Reply::pid(stats.oom_kills.min(i32::MAX as u64) as i32))
+                }),
+            }
             .inspect_err(|e| tracing::warn!(container = id, "after the init's exit: {e}"));
             let mut oom_killed = false;
             if let Ok(Reply { pid: kills, .. }) = oom_kills {
@@ -203,6 +211,37 @@ impl Shim {
             tracing::warn!(id, "cleaning up after a failed create: {e}");
         }
     }
+}
+
+/// The `oom_kill` count in a cgroup's keyed file (v1
+/// `memory.oom_control`, v2 `memory.events`); 0 when unknown.
+fn oom_kills_in(file: Option<&Path>) -> u64 {
+    file.and_then(|f| std::fs::read_to_string(f).ok())
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// [`husk_runtime::InitExit`] as a worker's answer field: empty for none,
+/// else the `kill_all` byte and the file's path.
+fn encode_init_exit(x: Option<&husk_runtime::InitExit>) -> Vec<u8> {
+    let Some(x) = x else { return Vec::new() };
+    let mut out = vec![x.kill_all as u8];
+    if let Some(f) = &x.oom_kills_file {
+        out.extend_from_slice(f.as_os_str().as_encoded_bytes());
+    }
+    out
+}
+
+fn decode_init_exit(field: &[u8]) -> Option<husk_runtime::InitExit> {
+    let (&kill_all, path) = field.split_first()?;
+    Some(husk_runtime::InitExit {
+        kill_all: kill_all != 0,
+        oom_kills_file: (!path.is_empty())
+            .then(|| PathBuf::from(std::ffi::OsString::from_vec(path.to_vec()))),
+    })
 }
 
 /// The descriptors of a process's stdio, which its launch worker keeps.
@@ -328,6 +367,7 @@ impl TaskService {
                                 })?,
                                 None => Vec::new(),
                             },
+                            encode_init_exit(started.init_exit.as_ref()),
                         ],
                     }),
                     Err(e) => {
@@ -374,6 +414,7 @@ impl TaskService {
             })?),
             None => None,
         };
+        let init_exit = fields.get(2).and_then(|f| decode_init_exit(f));
         let mut st = self.shim.lock();
         st.launches_in_flight -= 1;
         let container = Container {
@@ -381,6 +422,7 @@ impl TaskService {
             bundle: bundle.clone(),
             rootfs_mount: mounted,
             plugins: binding,
+            init_exit,
             init: Proc {
                 pid,
                 stdin: stdin.clone(),
@@ -1039,5 +1081,45 @@ impl Task for TaskService {
             self.shim.shutdown.notify_one();
         }
         Ok(api::Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_kills_are_read_from_either_keyed_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = dir.path().join("memory.oom_control");
+        std::fs::write(&v1, "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n").unwrap();
+        assert_eq!(oom_kills_in(Some(&v1)), 3);
+        let v2 = dir.path().join("memory.events");
+        std::fs::write(
+            &v2,
+            "low 0\nhigh 0\nmax 1\noom 2\noom_kill 2\noom_group_kill 0\n",
+        )
+        .unwrap();
+        assert_eq!(oom_kills_in(Some(&v2)), 2);
+        assert_eq!(oom_kills_in(Some(&dir.path().join("missing"))), 0);
+        assert_eq!(oom_kills_in(None), 0);
+    }
+
+    #[test]
+    fn init_exit_round_trips_through_an_answer_field() {
+        for x in [
+            husk_runtime::InitExit {
+                kill_all: false,
+                oom_kills_file: Some("/sys/fs/cgroup/memory/husk-x/memory.oom_control".into()),
+            },
+            husk_runtime::InitExit {
+                kill_all: true,
+                oom_kills_file: None,
+            },
+        ] {
+            assert_eq!(decode_init_exit(&encode_init_exit(Some(&x))), Some(x));
+        }
+        assert!(encode_init_exit(None).is_empty());
+        assert_eq!(decode_init_exit(&[]), None);
     }
 }

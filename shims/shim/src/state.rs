@@ -76,6 +76,9 @@ pub struct Container {
     /// The plugin config whose lifecycle hooks see this container.
     #[serde(default)]
     pub plugins: Option<crate::plugins::Binding>,
+    /// What the init's exit needs, from the create (`None`: a worker
+    /// loads it from the runtime's state).
+    pub init_exit: Option<husk_runtime::InitExit>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

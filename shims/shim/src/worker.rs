@@ -33,7 +33,10 @@
 //!
 //! The answer ([`Reply`]): a pid, at most one descriptor (a terminal's
 //! master), and opaque byte fields; an error keeps its ttrpc code and its
-//! message.
+//! message. It is framed (a length first), so the daemon goes on as soon
+//! as the whole answer is in: it does not wait for the worker to exit
+//! (tearing down a forked address space takes a while), and reaps it
+//! later, in the background.
 
 use std::collections::BTreeSet;
 use std::io::IoSliceMut;
@@ -149,7 +152,7 @@ where
             "the worker panicked (see the shim's log)".into(),
         ))
     });
-    let (frame, fd) = encode(result);
+    let (frame, fd) = framed(encode(result));
     let _ = husk_runtime::channel::send_all_with_fd(
         sock.as_raw_fd(),
         &frame,
@@ -186,7 +189,9 @@ fn exit_now(code: i32) -> ! {
 }
 
 /// Runs `f` in a worker and waits for its answer without blocking the
-/// event loop.
+/// event loop. The worker is reaped in the background once it has
+/// answered (its exit is not waited for); one that dies before it answers
+/// is waited for, to say how it ended.
 pub async fn run<F>(what: &str, keep: &[RawFd], f: F) -> Result<Reply>
 where
     F: FnOnce() -> Result<Reply>,
@@ -194,30 +199,65 @@ where
     // Before the fork, so the worker's exit cannot be missed.
     let mut sigchld = signal(SignalKind::child()).map_err(ShimError::io("watch SIGCHLD"))?;
     let (pid, sock) = fork_worker(what, keep, f)?;
-    let _registered = Registered(pid);
+    let registered = Registered(pid);
     let read = read_async(sock).await;
-    let exit = loop {
-        match sys::waitpid(pid, true) {
-            Ok(Some((_, exit))) => break Some(exit),
-            Ok(None) => {
-                sigchld.recv().await;
-            }
-            Err(_) => break None,
+    if let Ok((bytes, _)) = &read {
+        if complete(bytes).is_some() {
+            tokio::spawn(async move {
+                let _registered = registered;
+                wait_exit(pid, &mut sigchld).await;
+            });
+            return finish(what, pid, read, None);
         }
-    };
+    }
+    let exit = wait_exit(pid, &mut sigchld).await;
+    drop(registered);
     finish(what, pid, read, exit)
 }
 
+/// Waits for worker `pid` to exit and reaps it.
+async fn wait_exit(pid: i32, sigchld: &mut tokio::signal::unix::Signal) -> Option<sys::Exit> {
+    loop {
+        match sys::waitpid(pid, true) {
+            Ok(Some((_, exit))) => return Some(exit),
+            Ok(None) => {
+                sigchld.recv().await;
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
 /// [`run`], blocking the calling thread (for the exit path, which runs
-/// under the state lock, as the library call it replaces did).
+/// under the state lock, as the library call it replaces did). Inside the
+/// daemon's runtime, a worker that answered is reaped in the background.
 pub fn run_blocking<F>(what: &str, f: F) -> Result<Reply>
 where
     F: FnOnce() -> Result<Reply>,
 {
+    let handle = tokio::runtime::Handle::try_current().ok();
+    // Before the fork, as in `run`.
+    let sigchld = match &handle {
+        Some(h) => {
+            let _entered = h.enter();
+            signal(SignalKind::child()).ok()
+        }
+        None => None,
+    };
     let (pid, sock) = fork_worker(what, &[], f)?;
-    let _registered = Registered(pid);
+    let registered = Registered(pid);
     let read = read_to_end(&sock);
+    if let (Ok((bytes, _)), Some(h), Some(mut sigchld)) = (&read, &handle, sigchld) {
+        if complete(bytes).is_some() {
+            h.spawn(async move {
+                let _registered = registered;
+                wait_exit(pid, &mut sigchld).await;
+            });
+            return finish(what, pid, read, None);
+        }
+    }
     let exit = sys::waitpid(pid, false).ok().flatten().map(|(_, e)| e);
+    drop(registered);
     finish(what, pid, read, exit)
 }
 
@@ -239,7 +279,23 @@ fn finish(
         ))
     };
     let (bytes, fd) = read.map_err(|e| died(format!("reading its answer: {e}")))?;
-    decode(&bytes, fd).ok_or_else(|| died(format!("{} bytes of answer", bytes.len())))?
+    complete(&bytes)
+        .and_then(|answer| decode(answer, fd))
+        .ok_or_else(|| died(format!("{} bytes of answer", bytes.len())))?
+}
+
+/// The answer with its length in front (u32, little-endian).
+fn framed((answer, fd): (Vec<u8>, Option<OwnedFd>)) -> (Vec<u8>, Option<OwnedFd>) {
+    let mut out = Vec::with_capacity(4 + answer.len());
+    out.extend_from_slice(&(answer.len() as u32).to_le_bytes());
+    out.extend_from_slice(&answer);
+    (out, fd)
+}
+
+/// The answer in `bytes` once all of its frame is there.
+fn complete(bytes: &[u8]) -> Option<&[u8]> {
+    let (len, rest) = bytes.split_first_chunk::<4>()?;
+    rest.get(..u32::from_le_bytes(*len) as usize)
 }
 
 // The answer: tag 0, pid (i32), field count (u32), fields (u32 length +
@@ -337,13 +393,14 @@ fn read_to_end(sock: &OwnedFd) -> std::io::Result<(Vec<u8>, Option<OwnedFd>)> {
     loop {
         match recv_some(sock.as_raw_fd(), &mut buf, &mut fd) {
             Ok(0) => return Ok((buf, fd)),
+            Ok(_) if complete(&buf).is_some() => return Ok((buf, fd)),
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
         }
     }
 }
 
-/// Reads until the worker's end closes (it exits right after answering).
+/// Reads until the answer is complete, or the worker's end closes.
 async fn read_async(sock: OwnedFd) -> std::io::Result<(Vec<u8>, Option<OwnedFd>)> {
     nix::fcntl::fcntl(
         &sock,
@@ -355,6 +412,7 @@ async fn read_async(sock: OwnedFd) -> std::io::Result<(Vec<u8>, Option<OwnedFd>)
         let mut ready = afd.readable().await?;
         match recv_some(afd.get_ref().as_raw_fd(), &mut buf, &mut fd) {
             Ok(0) => return Ok((buf, fd)),
+            Ok(_) if complete(&buf).is_some() => return Ok((buf, fd)),
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(nix::errno::Errno::EAGAIN) => ready.clear_ready(),
             Err(e) => return Err(e.into()),
@@ -388,6 +446,20 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_is_complete_only_with_all_its_bytes() {
+        let (bytes, _) = framed(encode(Ok(Reply {
+            pid: 7,
+            fd: None,
+            fields: vec![b"abc".to_vec()],
+        })));
+        for n in 0..bytes.len() {
+            assert!(complete(&bytes[..n]).is_none(), "{n} bytes");
+        }
+        let r = decode(complete(&bytes).unwrap(), None).unwrap().unwrap();
+        assert_eq!((r.pid, r.field(0)), (7, &b"abc"[..]));
+    }
+
+    #[test]
     fn a_truncated_answer_is_none() {
         let (bytes, _) = encode(Ok(Reply {
             pid: 1,
@@ -405,7 +477,21 @@ mod tests {
             .await
             .unwrap();
         assert_ne!(r.pid, std::process::id() as i32);
-        assert!(workers().is_empty());
+        // Answered first, reaped in the background: no zombie stays.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while workers().contains(&r.pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "worker {} not reaped",
+                r.pid
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(
+            !std::path::Path::new(&format!("/proc/{}", r.pid)).exists(),
+            "worker {} left behind",
+            r.pid
+        );
         let e = run("test", &[], || {
             Err(ShimError::InvalidArgument("bad".into()))
         })

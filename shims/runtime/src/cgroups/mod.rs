@@ -352,6 +352,20 @@ impl Cgroup {
         }
     }
 
+    /// The keyed file whose `oom_kill` line [`Cgroup::oom_kills`] reads
+    /// (v1 `memory.oom_control`, v2 `memory.events`); `None` without a
+    /// memory controller. For a caller that reads it without the library
+    /// (the shim's daemon, at an init's exit).
+    pub fn oom_kills_file(&self) -> Option<PathBuf> {
+        match &self.hierarchy {
+            Hierarchy::V1 { .. } => self
+                .hierarchy
+                .controller_root("memory")
+                .map(|r| self.dir_in(r).join("memory.oom_control")),
+            Hierarchy::V2 { root } => Some(self.dir_in(root).join("memory.events")),
+        }
+    }
+
     /// Remove the cgroup and every sub-cgroup, leaf first, in every
     /// hierarchy. A cgroup whose processes are still exiting (EBUSY) is
     /// retried for about a second. Missing directories are fine, so this is
