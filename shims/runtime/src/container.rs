@@ -64,6 +64,11 @@ pub struct Started {
     pub console_master: Option<OwnedFd>,
     /// What the init's exit needs, known at create (`None` for an exec).
     pub init_exit: Option<InitExit>,
+    /// The exec FIFO, when starting the init needs nothing but what
+    /// [`start_through`] does (no poststart hooks): a caller may start it
+    /// so (or with [`signal_start`] and its own wait) instead of through
+    /// [`Runtime::start`]. `None` for an exec.
+    pub start_fifo: Option<PathBuf>,
 }
 
 /// What a shim does when a container's init exits, without loading the
@@ -157,6 +162,12 @@ impl Runtime {
         self.states.save(&record)?;
         let fifo = self.states.exec_fifo(id);
         sys::mkfifo(&fifo, 0o600).context(|| format!("create exec fifo {}", fifo.display()))?;
+        let no_poststart = spec
+            .hooks()
+            .as_ref()
+            .and_then(|h| h.poststart().as_ref())
+            .is_none_or(|h| h.is_empty());
+        let start_fifo = no_poststart.then(|| fifo.clone());
 
         let namespaces = Plan::from_spec(&spec);
         let init_exit = InitExit {
@@ -252,6 +263,7 @@ impl Runtime {
             pid: launched.pid,
             console_master,
             init_exit: Some(init_exit),
+            start_fifo,
         })
     }
 
@@ -266,22 +278,10 @@ impl Runtime {
                 "only a created container can be started",
             ));
         }
-        let fifo = self.states.exec_fifo(id);
-        let f = sys::open(&fifo, libc::O_WRONLY | libc::O_NONBLOCK).map_err(|e| {
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                wrong_state(id, Status::Stopped, "its init exited before start")
-            } else {
-                Error::Io {
-                    context: format!("open exec fifo {}", fifo.display()),
-                    source: e,
-                }
-            }
+        start_through(&self.states.exec_fifo(id)).map_err(|e| match e {
+            StartError::Exited => wrong_state(id, Status::Stopped, "its init exited before start"),
+            StartError::Io(e) => e,
         })?;
-        std::fs::File::from(f)
-            .write_all_once()
-            .context(|| format!("signal start through {}", fifo.display()))?;
-        wait_for_exec(&fifo);
-        let _ = std::fs::remove_file(&fifo);
         hooks::run_warn(
             HookKind::Poststart,
             record.hooks.as_ref(),
@@ -457,6 +457,7 @@ impl Runtime {
             pid: launched.pid,
             console_master,
             init_exit: None,
+            start_fifo: None,
         })
     }
 }
@@ -513,21 +514,58 @@ fn listen_fds() -> i32 {
 /// startContainer hooks. The init holds the fifo open, close-on-exec, until
 /// then; once nothing has it open for reading, opening it for writing
 /// without blocking fails with ENXIO.
-fn wait_for_exec(fifo: &Path) {
-    loop {
-        match sys::open(fifo, libc::O_WRONLY | libc::O_NONBLOCK) {
-            Ok(fd) => drop(fd),
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return,
-            Err(e) => {
-                tracing::warn!(
-                    "waiting for the container's exec through {}: {e}",
-                    fifo.display()
-                );
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_micros(100));
+/// Why [`start_through`] failed.
+#[derive(Debug)]
+pub enum StartError {
+    /// The init is gone (nobody reads the FIFO).
+    Exited,
+    Io(Error),
+}
+
+/// Starts a created container's init through its exec FIFO, blocking
+/// until it has exec'd the container's program (or died): [`signal_start`],
+/// [`sys::wait_no_readers`], [`started`].
+pub fn start_through(fifo: &Path) -> std::result::Result<(), StartError> {
+    let f = signal_start(fifo)?;
+    if let Err(e) = sys::wait_no_readers(std::os::fd::AsFd::as_fd(&f), -1) {
+        tracing::warn!(
+            "waiting for the container's exec through {}: {e}",
+            fifo.display()
+        );
     }
+    drop(f);
+    started(fifo);
+    Ok(())
+}
+
+/// Writes the byte a created init waits for to its exec FIFO. Returns our
+/// write end: the init's end is close-on-exec, so once it has exec'd the
+/// container's program (or died) no reader is left and the write end
+/// reports POLLERR. Waiting for that is one wake-up at the moment it
+/// happens (polling by reopening the FIFO woke every 100 µs, and later on
+/// a busy machine). Then [`started`].
+pub fn signal_start(fifo: &Path) -> std::result::Result<std::fs::File, StartError> {
+    let f = sys::open(fifo, libc::O_WRONLY | libc::O_NONBLOCK).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ENXIO) {
+            StartError::Exited
+        } else {
+            StartError::Io(Error::Io {
+                context: format!("open exec fifo {}", fifo.display()),
+                source: e,
+            })
+        }
+    })?;
+    let mut f = std::fs::File::from(f);
+    std::io::Write::write_all(&mut f, b"0")
+        .context(|| format!("signal start through {}", fifo.display()))
+        .map_err(StartError::Io)?;
+    Ok(f)
+}
+
+/// The init has exec'd: the FIFO goes, and the container counts as
+/// running.
+pub fn started(fifo: &Path) {
+    let _ = std::fs::remove_file(fifo);
 }
 
 /// SIGKILLs everything in the cgroup, so nothing outlives delete.
@@ -650,16 +688,5 @@ fn cgroup_mount_source(cgroup: &Cgroup, own_namespace: bool) -> CgroupMountSourc
     CgroupMountSource {
         hierarchies,
         own_namespace,
-    }
-}
-
-trait WriteOnce {
-    fn write_all_once(self) -> std::io::Result<()>;
-}
-
-impl WriteOnce for std::fs::File {
-    fn write_all_once(mut self) -> std::io::Result<()> {
-        use std::io::Write;
-        self.write_all(b"0")
     }
 }

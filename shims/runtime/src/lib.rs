@@ -34,5 +34,8 @@ pub mod spec;
 pub mod state;
 pub mod sys;
 
-pub use container::{CreateOptions, ExecOptions, InitExit, ProcessIo, Runtime, Started};
+pub use container::{
+    signal_start, start_through, started, CreateOptions, ExecOptions, InitExit, ProcessIo, Runtime,
+    StartError, Started,
+};
 pub use error::{Error, Result};

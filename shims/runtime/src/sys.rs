@@ -109,6 +109,27 @@ pub fn open(path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Blocks until the FIFO or pipe whose write end is `fd` has no reader
+/// left (poll reports POLLERR), or `timeout_ms` passes (`Ok(false)`).
+pub fn wait_no_readers(fd: BorrowedFd<'_>, timeout_ms: libc::c_int) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        // None: POLLERR and POLLHUP are always reported, and a write end
+        // with readers reports nothing else that is asked for.
+        events: 0,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one live pollfd, as the count says.
+        match check(unsafe { libc::poll(&mut p, 1, timeout_ms) }) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 pub fn unshare(flags: libc::c_int) -> io::Result<()> {
     // SAFETY: unshare only takes flags.
     check(unsafe { libc::unshare(flags) })?;

@@ -213,6 +213,28 @@ impl Shim {
     }
 }
 
+/// [`husk_runtime::start_through`] without blocking the event loop: the
+/// wait for the init's exec is a wait for POLLERR on our end of the FIFO.
+async fn start_through(id: &str, fifo: &Path) -> Result<()> {
+    let f = husk_runtime::signal_start(fifo).map_err(|e| match e {
+        husk_runtime::StartError::Exited => ShimError::FailedPrecondition(format!(
+            "container {id:?} cannot be started: its init exited before start"
+        )),
+        husk_runtime::StartError::Io(e) => e.into(),
+    })?;
+    let fd = std::os::fd::OwnedFd::from(f);
+    match io::watch(fd, tokio::io::Interest::ERROR) {
+        Ok(afd) => {
+            if let Err(e) = afd.ready(tokio::io::Interest::ERROR).await {
+                tracing::warn!(container = id, "waiting for the init's exec: {e}");
+            }
+        }
+        Err(e) => tracing::warn!(container = id, "waiting for the init's exec: {e}"),
+    }
+    husk_runtime::started(fifo);
+    Ok(())
+}
+
 /// The `oom_kill` count in a cgroup's keyed file (v1
 /// `memory.oom_control`, v2 `memory.events`); 0 when unknown.
 fn oom_kills_in(file: Option<&Path>) -> u64 {
@@ -368,6 +390,10 @@ impl TaskService {
                                 None => Vec::new(),
                             },
                             encode_init_exit(started.init_exit.as_ref()),
+                            started
+                                .start_fifo
+                                .map(|f| f.into_os_string().into_vec())
+                                .unwrap_or_default(),
                         ],
                     }),
                     Err(e) => {
@@ -415,6 +441,10 @@ impl TaskService {
             None => None,
         };
         let init_exit = fields.get(2).and_then(|f| decode_init_exit(f));
+        let start_fifo = fields
+            .get(3)
+            .filter(|f| !f.is_empty())
+            .map(|f| PathBuf::from(std::ffi::OsString::from_vec(f.clone())));
         let mut st = self.shim.lock();
         st.launches_in_flight -= 1;
         let container = Container {
@@ -423,6 +453,7 @@ impl TaskService {
             rootfs_mount: mounted,
             plugins: binding,
             init_exit,
+            start_fifo,
             init: Proc {
                 pid,
                 stdin: stdin.clone(),
@@ -470,7 +501,7 @@ impl TaskService {
     }
 
     async fn start_init(&self, id: &str) -> Result<api::StartResponse> {
-        {
+        let start_fifo = {
             let st = self.shim.lock();
             let c = st.container(id)?;
             if c.init.status(c.paused) != ProcStatus::Created {
@@ -478,13 +509,20 @@ impl TaskService {
                     "container {id:?} cannot be started: it is not in the created state"
                 )));
             }
+            c.start_fifo.clone()
+        };
+        match start_fifo {
+            // A byte to the FIFO and a wait for the exec: no worker.
+            Some(fifo) => start_through(id, &fifo).await?,
+            None => {
+                self.shim
+                    .work("start", |shim| {
+                        shim.runtime.start(id)?;
+                        Ok(Reply::default())
+                    })
+                    .await?;
+            }
         }
-        self.shim
-            .work("start", |shim| {
-                shim.runtime.start(id)?;
-                Ok(Reply::default())
-            })
-            .await?;
         let mut st = self.shim.lock();
         let c = st.container_mut(id)?;
         c.init.started = true;

@@ -79,6 +79,9 @@ pub struct Container {
     /// What the init's exit needs, from the create (`None`: a worker
     /// loads it from the runtime's state).
     pub init_exit: Option<husk_runtime::InitExit>,
+    /// The init's exec FIFO when Start needs no worker (no poststart
+    /// hooks; `husk_runtime::Started::start_fifo`).
+    pub start_fifo: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
