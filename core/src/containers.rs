@@ -101,6 +101,17 @@ pub struct Manager {
     removing: Mutex<BTreeMap<String, Arc<Container>>>,
 }
 
+/// A `--rm` container's writable layer goes with it: nothing in it needs
+/// syncing, and a synced overlay's unmount syncs the whole upper
+/// filesystem (tens to hundreds of ms on a busy disk).
+fn upper_sync(auto_remove: bool) -> UpperSync {
+    if auto_remove {
+        UpperSync::Volatile
+    } else {
+        UpperSync::Synced
+    }
+}
+
 /// How long after a create the next spare shim is started at the latest
 /// (a detached start or the end of an attached run starts it earlier).
 const REFILL_AFTER: Duration = Duration::from_millis(100);
@@ -124,7 +135,12 @@ impl Manager {
         let plugins = PluginStore::new(layout.root.join("plugins"), plugin_config);
         let images = ImageStore::open(layout.images())?;
         let volumes = Volumes::new(layout.volumes());
-        let spares = Spares::new(layout.clone(), launcher.clone(), spare_shims);
+        let spares = Spares::new(
+            layout.clone(),
+            launcher.clone(),
+            images.clone(),
+            spare_shims,
+        );
         Ok(Arc::new(Manager {
             layout,
             images,
@@ -206,12 +222,17 @@ impl Manager {
     /// Creates a container: its rootfs, bundle, shim and task.
     pub async fn create(self: &Arc<Self>, p: CreateParams) -> Result<ContainerSummary> {
         let t0 = std::time::Instant::now();
-        let img = {
-            let images = self.images.clone();
-            let name = p.image.clone();
-            tokio::task::spawn_blocking(move || images.inspect(&name))
-                .await
-                .map_err(|e| CoreError::Internal(e.to_string()))??
+        // An image looked up before, with the index unchanged since, costs
+        // one stat here (no lock, no JSON, no hop to a blocking thread).
+        let img = match self.images.inspect_cached(&p.image) {
+            Some(img) => img,
+            None => {
+                let images = self.images.clone();
+                let name = p.image.clone();
+                tokio::task::spawn_blocking(move || images.inspect(&name))
+                    .await
+                    .map_err(|e| CoreError::Internal(e.to_string()))??
+            }
         };
         let (runtime, shim_bin) = self.runtimes.resolve(p.runtime.as_deref())?;
         let specs = p
@@ -230,6 +251,9 @@ impl Manager {
         let args = spec_builder::args(&img.config, &p)?;
         // A spare shim comes with its container's id and bundle.
         let spare = self.spares.take(&shim_bin).await;
+        // The next spare of this binary comes with this image's rootfs.
+        self.spares
+            .wish_rootfs(&shim_bin, &p.image, upper_sync(p.auto_remove));
         // Shims that migrate the container's first process through
         // `cgroup.procs` (runc's) then find the kernel's lock warm. Not
         // for a spare, which is one of husk's shims: its runtime starts
@@ -354,23 +378,30 @@ impl Manager {
         // A spare shim (serving already, its log read from this bundle) is
         // the container's from here on: a failure below shuts it down
         // with the rest (`force_cleanup`).
+        let premount = spare.as_ref().and_then(|s| s.rootfs.clone());
         let spare_client = spare.map(|s| {
             *c.shim_log.lock().unwrap() = Some(s.log);
             *c.client.lock().unwrap() = Some(s.client.clone());
             c.rec.lock().unwrap().shim_address = Some(s.address);
             s.client
         });
-        {
+        let sync = upper_sync(rec.params.auto_remove);
+        // The spare's rootfs, mounted ahead, if it is this image's (the
+        // same lower dirs) and kind; any other is unmounted.
+        let premounted = match premount {
+            Some(m) if m.lowerdirs == self.images.lowerdirs_of(image) && m.sync == sync => true,
+            Some(_) => {
+                let (spares, id2) = (self.spares.clone(), id.clone());
+                tokio::task::spawn_blocking(move || spares.drop_rootfs(&id2))
+                    .await
+                    .map_err(|e| CoreError::Internal(e.to_string()))?;
+                false
+            }
+            None => false,
+        };
+        if !premounted {
             let images = self.images.clone();
             let (image, id2, rootfs2) = (rec.image.clone(), id.clone(), rootfs.clone());
-            // A `--rm` container's writable layer goes with it: nothing in
-            // it needs syncing, and a synced overlay's unmount syncs the
-            // whole upper filesystem (tens to hundreds of ms on a busy disk).
-            let sync = if rec.params.auto_remove {
-                UpperSync::Volatile
-            } else {
-                UpperSync::Synced
-            };
             tokio::task::spawn_blocking(move || {
                 images.mount_rootfs_with(
                     &image,
@@ -384,7 +415,11 @@ impl Manager {
             .await
             .map_err(|e| CoreError::Internal(e.to_string()))??;
         }
-        lap("rootfs mounted");
+        lap(if premounted {
+            "rootfs mounted ahead"
+        } else {
+            "rootfs mounted"
+        });
         // Saved with the shim's address below; recovery unmounts either way.
         c.rec.lock().unwrap().rootfs_mounted = true;
         let mut binds = Vec::new();
@@ -883,6 +918,9 @@ impl Manager {
     /// exits that happened meanwhile are picked up, dead shims cleaned
     /// with `shim delete`.
     pub async fn recover(self: &Arc<Self>) -> Result<()> {
+        // First, as a spare's rootfs mounted ahead uses upper and work dirs
+        // in a container directory without a record, removed below.
+        spares::clean_leftovers(&self.layout).await;
         // Leftovers of interrupted removals.
         if let Ok(rd) = fs::read_dir(self.layout.containers_dir()) {
             for e in rd.flatten() {
@@ -895,7 +933,6 @@ impl Manager {
                 }
             }
         }
-        spares::clean_leftovers(&self.layout).await;
         let mut records = ContainerRecord::load_all(&self.layout)?;
         // Bundles without a record: a removal interrupted after the record
         // went, or a spare shim of the previous huskd. Its shim (if one

@@ -28,6 +28,15 @@
 //!   down when it exits; after a crash, the next huskd shuts down the shims
 //!   it finds in `<state>/spares` (and in bundles without a record) through
 //!   their `address` files (`Manager::recover`).
+//! - A spare comes with its container's rootfs when it can: the overlay
+//!   of the image the last create with that binary used (and its kind,
+//!   `volatile` for `--rm`), mounted at `<spare dir>/rootfs` with the
+//!   upper and work dirs and the lease of container `<id>`, as the create
+//!   would mount it ([`Premount`]). A create of that image (the same
+//!   lower dirs) and kind uses it; any other unmounts it and mounts its
+//!   own. The mount moves with the directory's rename. A spare retired
+//!   or closed is unmounted first; after a crash, `clean_leftovers`
+//!   unmounts it and recovery drops its lease.
 
 use std::collections::HashMap;
 use std::fs;
@@ -39,6 +48,7 @@ use containerd_shim_protos::shim_async::TaskClient;
 use husk_shim_api::{InfoRequest, ShimClient};
 
 use crate::error::{CoreError, IoContext};
+use crate::images::{ImageStore, RootfsMount, UpperSync};
 use crate::logs::ShimLog;
 use crate::shim_client::{self, ShimLauncher};
 use crate::state::{self, Layout};
@@ -73,6 +83,23 @@ pub struct Spare {
     born: Instant,
     /// The binary file it was started from (device, inode, mtime).
     binary: Option<FileStamp>,
+    /// Its container's rootfs, mounted ahead.
+    pub rootfs: Option<Premount>,
+}
+
+/// A rootfs mounted for a spare's container before it is asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Premount {
+    /// The image's lower dirs, bottom last (`ImageStore::lowerdirs_of`).
+    pub lowerdirs: Vec<PathBuf>,
+    pub sync: UpperSync,
+}
+
+/// The rootfs the next spare of a binary is to come with.
+#[derive(Clone, Debug)]
+struct Wish {
+    image: String,
+    sync: UpperSync,
 }
 
 type FileStamp = (u64, u64, i64, i64);
@@ -114,12 +141,15 @@ struct Slot {
     refused: bool,
     failures: u32,
     backoff_until: Option<Instant>,
+    /// What the last create with this binary mounted.
+    wish: Option<Wish>,
 }
 
 /// The spare shims, one slot per shim binary.
 pub struct Spares {
     layout: Layout,
     launcher: ShimLauncher,
+    images: ImageStore,
     enabled: bool,
     slots: Mutex<HashMap<PathBuf, Slot>>,
     closed: std::sync::atomic::AtomicBool,
@@ -140,10 +170,16 @@ impl From<CoreError> for LaunchError {
 
 impl Spares {
     /// `enabled: false` (`huskd --spare-shims 0`) keeps none.
-    pub fn new(layout: Layout, launcher: ShimLauncher, enabled: bool) -> Arc<Spares> {
+    pub fn new(
+        layout: Layout,
+        launcher: ShimLauncher,
+        images: ImageStore,
+        enabled: bool,
+    ) -> Arc<Spares> {
         Arc::new(Spares {
             layout,
             launcher,
+            images,
             enabled,
             slots: Mutex::new(HashMap::new()),
             closed: std::sync::atomic::AtomicBool::new(false),
@@ -189,6 +225,57 @@ impl Spares {
             Err(e) => {
                 tracing::warn!(%e, from = %from.display(), "taking a spare shim");
                 self.retire(spare);
+                None
+            }
+        }
+    }
+
+    /// The next spares of `bin` come with the rootfs of `image` (of kind
+    /// `sync`) mounted: what a create with `bin` just asked for.
+    pub fn wish_rootfs(&self, bin: &Path, image: &str, sync: UpperSync) {
+        let mut slots = self.slots.lock().unwrap();
+        slots.entry(bin.to_path_buf()).or_default().wish = Some(Wish {
+            image: image.to_string(),
+            sync,
+        });
+    }
+
+    /// Unmounts a spare's premounted rootfs (wherever its directory is:
+    /// among the spares, or moved to its bundle) and removes its upper and
+    /// work dirs; drops the lease (blocking).
+    pub fn drop_rootfs(&self, id: &str) {
+        drop_rootfs(&self.images, &self.layout, id);
+    }
+
+    /// Mounts the rootfs `wish` names for spare `id` (blocking).
+    fn premount(&self, id: &str, wish: &Wish) -> Option<Premount> {
+        let img = match self.images.inspect_cached(&wish.image) {
+            Some(i) => i,
+            None => self.images.inspect(&wish.image).ok()?,
+        };
+        let cdir = self.layout.container_dir(id);
+        let mounted: crate::images::Result<RootfsMount> = self.images.mount_rootfs_with(
+            &wish.image,
+            id,
+            &self.layout.spares_dir().join(id).join("rootfs"),
+            &cdir.join("upper"),
+            &cdir.join("work"),
+            wish.sync,
+        );
+        match mounted {
+            // The name may have moved between the two looks: what is
+            // mounted is what counts.
+            Ok(m) if m.lowerdirs == self.images.lowerdirs_of(&img) => Some(Premount {
+                lowerdirs: m.lowerdirs,
+                sync: wish.sync,
+            }),
+            Ok(_) => {
+                self.drop_rootfs(id);
+                None
+            }
+            Err(e) => {
+                tracing::debug!(id, %e, "mounting a spare's rootfs ahead failed");
+                self.drop_rootfs(id);
                 None
             }
         }
@@ -240,7 +327,7 @@ impl Spares {
     /// Starts a spare for `bin` in the background, unless one is there or
     /// coming, or `bin` is not a husk shim.
     pub fn refill(self: &Arc<Self>, bin: &Path, plugin_config: Option<PathBuf>) {
-        {
+        let wish = {
             let mut slots = self.slots.lock().unwrap();
             let slot = slots.entry(bin.to_path_buf()).or_default();
             let backing_off = slot.backoff_until.is_some_and(|t| Instant::now() < t);
@@ -254,11 +341,12 @@ impl Spares {
                 return;
             }
             slot.starting = true;
-        }
+            slot.wish.clone()
+        };
         let me = self.clone();
         let bin = bin.to_path_buf();
         tokio::spawn(async move {
-            let r = me.launch(&bin, plugin_config).await;
+            let r = me.launch(&bin, plugin_config, wish).await;
             let extra = {
                 let mut slots = me.slots.lock().unwrap();
                 let slot = slots.entry(bin.clone()).or_default();
@@ -294,18 +382,31 @@ impl Spares {
     }
 
     async fn launch(
-        &self,
+        self: &Arc<Self>,
         bin: &Path,
         plugin_config: Option<PathBuf>,
+        wish: Option<Wish>,
     ) -> std::result::Result<Spare, LaunchError> {
         let id = state::new_id()?;
         let dir = self.layout.spares_dir().join(&id);
         fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
         let r = self.launch_in(bin, &id, &dir, plugin_config).await;
-        if r.is_err() {
-            let _ = fs::remove_dir_all(&dir);
+        match r {
+            Ok(mut spare) => {
+                if let Some(wish) = wish {
+                    let (me, id) = (self.clone(), id.clone());
+                    spare.rootfs = tokio::task::spawn_blocking(move || me.premount(&id, &wish))
+                        .await
+                        .ok()
+                        .flatten();
+                }
+                Ok(spare)
+            }
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                Err(e)
+            }
         }
-        r
     }
 
     async fn launch_in(
@@ -354,6 +455,7 @@ impl Spares {
             pid,
             born: Instant::now(),
             binary,
+            rootfs: None,
         };
         match info {
             Ok(_) => Ok(spare),
@@ -377,10 +479,19 @@ impl Spares {
     /// its directory, in the background.
     fn retire(&self, spare: Spare) {
         let dir = self.layout.spares_dir().join(&spare.id);
+        let (images, layout) = (self.images.clone(), self.layout.clone());
         tokio::spawn(async move {
             shutdown(&spare.client, &spare.id).await;
             drop(spare.log);
-            let _ = tokio::task::spawn_blocking(move || fs::remove_dir_all(&dir)).await;
+            let premounted = spare.rootfs.is_some();
+            let id = spare.id;
+            let _ = tokio::task::spawn_blocking(move || {
+                if premounted {
+                    drop_rootfs(&images, &layout, &id);
+                }
+                fs::remove_dir_all(&dir)
+            })
+            .await;
         });
     }
 
@@ -425,6 +536,9 @@ impl Spares {
             for s in spares {
                 shutdown(&s.client, &s.id).await;
                 drop(s.log);
+                if s.rootfs.is_some() {
+                    self.drop_rootfs(&s.id);
+                }
                 let _ = fs::remove_dir_all(self.layout.spares_dir().join(&s.id));
             }
             if !starting || Instant::now() >= deadline {
@@ -433,6 +547,21 @@ impl Spares {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// [`Spares::drop_rootfs`]. The container directory goes too if nothing
+/// else is in it (a spare's; not a container's, with its record).
+fn drop_rootfs(images: &ImageStore, layout: &Layout, id: &str) {
+    for dir in [layout.spares_dir().join(id), layout.bundle(id)] {
+        if let Err(e) = images.unmount_rootfs(id, &dir.join("rootfs")) {
+            tracing::warn!(id, %e, "unmounting a spare's rootfs");
+        }
+    }
+    let cdir = layout.container_dir(id);
+    for d in ["upper", "work"] {
+        let _ = fs::remove_dir_all(cdir.join(d));
+    }
+    let _ = fs::remove_dir(&cdir);
 }
 
 /// Shutdown to a shim that holds no container: it exits.
@@ -452,6 +581,10 @@ pub async fn clean_leftovers(layout: &Layout) {
     };
     for e in rd.flatten() {
         shutdown_orphan(&e.path()).await;
+        // A rootfs mounted ahead (its lease goes with recovery's stale
+        // leases, its upper and work dirs with the container directories
+        // without a record).
+        let _ = crate::images::overlay::unmount(&e.path().join("rootfs"));
         let _ = fs::remove_dir_all(e.path());
     }
 }

@@ -183,3 +183,124 @@ fn a_create_that_fails_after_taking_the_spare_shuts_it_down() {
     assert_eq!(d.husk_ok(&["ps", "-a", "--format", "json"]).trim(), "[]");
     husk_tests::leaks::assert_no_leaks(&id);
 }
+
+/// Overlay mount points under `dir` and whether each is `volatile`.
+fn overlays_under(dir: &std::path::Path) -> Vec<(String, bool)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = dir.to_string_lossy().into_owned();
+    info.lines()
+        .filter(|l| l.contains(" - overlay "))
+        .filter_map(|l| {
+            let point = l.split(' ').nth(4)?;
+            point
+                .starts_with(&dir)
+                .then(|| (point.to_string(), l.contains("volatile")))
+        })
+        .collect()
+}
+
+/// Waits for a spare other than `not` whose rootfs is mounted ahead.
+fn wait_premounted(d: &Huskd, not: Option<&str>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(s) = spares(d).into_iter().find(|s| Some(s.0.as_str()) != not) {
+            let rootfs = d.state.join("spares").join(&s.0).join("rootfs");
+            if overlays_under(&rootfs).len() == 1 {
+                return s.0;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no spare with its rootfs mounted came:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_spare_comes_with_the_last_images_rootfs_mounted_and_leaves_none() {
+    require_root!();
+    let mut d = Huskd::start();
+    d.import_busybox();
+    // A fresh huskd knows no image to mount ahead.
+    let (first, _, _) = wait_spare(&d, None);
+    assert!(overlays_under(&d.state.join("spares")).is_empty());
+    d.husk_ok(&["run", "--rm", IMAGE, "true"]);
+    assert!(d.container_ids().is_empty());
+    // The next spare comes with busybox's rootfs, volatile as for `--rm`.
+    let id = wait_premounted(&d, Some(&first));
+    let rootfs = d.state.join("spares").join(&id).join("rootfs");
+    assert!(
+        overlays_under(&rootfs)[0].1,
+        "{:?}",
+        overlays_under(&rootfs)
+    );
+    // A `--rm` run takes it: the same container, the image's files, and
+    // a writable layer of its own.
+    let out = d.husk(&[
+        "run",
+        "--rm",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo x > /new && cat /new && ls /bin/busybox",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "x\n/bin/busybox\n");
+    let next = wait_premounted(&d, Some(&id));
+    // Its rootfs, layers and lease went with it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.bundle(&id).exists() || d.root_path().join("containers").join(&id).exists() {
+        assert!(Instant::now() < deadline, "container {id} not removed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    husk_tests::leaks::assert_no_leaks(&id);
+    // A container that keeps its writable layer does not get the volatile
+    // one: it is replaced by a synced mount.
+    let kept = d.husk_ok(&["create", IMAGE, "true"]).trim().to_string();
+    assert_eq!(kept, next, "the create did not take the spare");
+    let mounted = overlays_under(&d.bundle(&kept).join("rootfs"));
+    assert_eq!(mounted.len(), 1, "{mounted:?}");
+    assert!(
+        !mounted[0].1,
+        "a kept container's rootfs is volatile: {mounted:?}"
+    );
+    d.husk_ok(&["rm", "-f", &kept]);
+    husk_tests::leaks::assert_no_leaks(&kept);
+    // kill -9 with a spare's rootfs mounted: the restarted huskd unmounts
+    // it and drops its lease; stopped, huskd leaves no mount either.
+    let premounted = wait_premounted(&d, Some(&next));
+    d.kill9();
+    d.spawn();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !overlays_under(&d.state).is_empty() || spare_dirs(&d).contains(&premounted) {
+        assert!(
+            Instant::now() < deadline,
+            "left after a restart: {:?}",
+            overlays_under(&d.state)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    husk_tests::leaks::assert_no_leaks(&premounted);
+    assert!(!d
+        .root_path()
+        .join("images/leases")
+        .join(format!("{premounted}.json"))
+        .exists());
+    d.husk_ok(&["run", "--rm", IMAGE, "true"]);
+    let last = wait_premounted(&d, None);
+    let state = d.state.clone();
+    drop(d);
+    assert!(
+        overlays_under(&state).is_empty(),
+        "{:?}",
+        overlays_under(&state)
+    );
+    husk_tests::leaks::assert_no_leaks(&last);
+}

@@ -108,6 +108,28 @@ pub struct ImageStore {
     root: PathBuf,
     content: ContentStore,
     snapshots: Snapshots,
+    /// What [`ImageStore::inspect`] found, by name, for one version of the
+    /// index file (see [`IndexStamp`]); shared by the clones.
+    inspected: std::sync::Arc<std::sync::Mutex<Option<InspectCache>>>,
+}
+
+/// A version of the index file: it is only ever replaced by a rename, so
+/// a new version has a new inode, a new ctime, or both.
+type IndexStamp = (u64, u64, i64, i64, i64, i64, u64);
+type InspectCache = (IndexStamp, BTreeMap<String, ImageInspect>);
+
+fn index_stamp(root: &Path) -> Option<IndexStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(index_path(root)).ok()?;
+    Some((
+        m.dev(),
+        m.ino(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+        m.size(),
+    ))
 }
 
 /// Checks an image name: not empty, at most 255 bytes, no whitespace or
@@ -166,6 +188,7 @@ impl ImageStore {
             content: ContentStore::open(&root)?,
             snapshots: Snapshots::open(&root)?,
             root,
+            inspected: Default::default(),
         })
     }
 
@@ -350,6 +373,36 @@ impl ImageStore {
     /// The image's manifest, config and layers, as JSON-ready data.
     pub fn inspect(&self, name: &str) -> Result<ImageInspect> {
         let _lock = self.lock_shared()?;
+        // Before the index is read: a version replaced meanwhile can only
+        // make the entry miss later, never hit with what it replaced.
+        let stamp = index_stamp(&self.root);
+        let asked = name;
+        let found = self.inspect_locked(name)?;
+        if let Some(stamp) = stamp {
+            let mut cache = self.inspected.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.as_ref().is_none_or(|(s, _)| *s != stamp) {
+                *cache = Some((stamp, BTreeMap::new()));
+            }
+            if let Some((_, by_name)) = cache.as_mut() {
+                by_name.insert(asked.to_string(), found.clone());
+            }
+        }
+        Ok(found)
+    }
+
+    /// What [`ImageStore::inspect`] found for `name`, if the index has not
+    /// changed since (one stat, no lock, nothing parsed): the create path
+    /// asks this first.
+    pub fn inspect_cached(&self, name: &str) -> Option<ImageInspect> {
+        let stamp = index_stamp(&self.root)?;
+        let cache = self.inspected.lock().unwrap_or_else(|p| p.into_inner());
+        match cache.as_ref() {
+            Some((s, by_name)) if *s == stamp => by_name.get(name).cloned(),
+            _ => None,
+        }
+    }
+
+    fn inspect_locked(&self, name: &str) -> Result<ImageInspect> {
         let (name, r) = self.get_locked(name)?;
         let m = self.manifest(&r.digest)?;
         let config: ImageConfiguration = serde_json::from_slice(&self.content.read(&r.config)?)
@@ -414,6 +467,20 @@ impl ImageStore {
         let _lock = self.lock_shared()?;
         let (_, r) = self.get_locked(name)?;
         self.lowerdirs(&r)
+    }
+
+    /// The lower dirs [`ImageStore::mount_rootfs_with`] stacks for the
+    /// image `img` describes (whether they exist is not checked): two
+    /// rootfs mounts with the same ones show the same image.
+    pub fn lowerdirs_of(&self, img: &ImageInspect) -> Vec<PathBuf> {
+        if img.layers.is_empty() {
+            return vec![self.root.join("empty")];
+        }
+        img.layers
+            .iter()
+            .rev()
+            .map(|l| self.snapshots.fs_path(&l.chain_id))
+            .collect()
     }
 
     fn lowerdirs(&self, r: &ImageRecord) -> Result<Vec<PathBuf>> {

@@ -334,3 +334,31 @@ fn layout_tar_and_docker_archive() {
         0
     );
 }
+
+#[test]
+fn inspect_is_cached_until_the_index_changes() {
+    let t = setup();
+    let a = layout(&t, "a", &[base(), app("one")], "a:1");
+    let b = layout(&t, "b", &[base(), app("two")], "b:1");
+    t.store.import(&a, &ImportOptions::default()).unwrap();
+    assert!(t.store.inspect_cached("a:1").is_none(), "never inspected");
+    let i = t.store.inspect("a:1").unwrap();
+    assert_eq!(t.store.inspect_cached("a:1"), Some(i.clone()));
+    // A clone (the daemon hands clones to blocking threads) shares it.
+    assert_eq!(t.store.clone().inspect_cached("a:1"), Some(i.clone()));
+    assert!(t.store.inspect_cached("b:1").is_none());
+
+    // Any change of the index drops what was cached: a name moved to
+    // another image must not be served from before.
+    let opts = ImportOptions {
+        name: Some("a:1".into()),
+        ..Default::default()
+    };
+    t.store.import(&b, &opts).unwrap();
+    assert!(t.store.inspect_cached("a:1").is_none());
+    let moved = t.store.inspect("a:1").unwrap();
+    assert_ne!(moved.digest, i.digest);
+    assert_eq!(t.store.inspect_cached("a:1"), Some(moved));
+    t.store.remove("a:1").unwrap();
+    assert!(t.store.inspect_cached("a:1").is_none());
+}
