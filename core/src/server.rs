@@ -203,8 +203,14 @@ async fn dispatch(
         }
         "image.remove" => {
             let p: Name = params(p)?;
-            let images = m.images.clone();
-            blocking(move || Ok(images.remove(&p.name)?)).await?;
+            let (images, spares) = (m.images.clone(), m.spares.clone());
+            blocking(move || {
+                images.remove(&p.name)?;
+                // No spare's rootfs mounted ahead keeps its layers.
+                spares.forget_rootfs();
+                Ok(())
+            })
+            .await?;
             Ok(json!({}))
         }
         "image.prune" => {

@@ -36,7 +36,11 @@
 //!   lower dirs) and kind uses it; any other unmounts it and mounts its
 //!   own. The mount moves with the directory's rename. A spare retired
 //!   or closed is unmounted first; after a crash, `clean_leftovers`
-//!   unmounts it and recovery drops its lease.
+//!   unmounts it and recovery drops its lease. Removing an image name
+//!   unmounts every spare's rootfs ([`Spares::forget_rootfs`]), so that no
+//!   lease keeps the image's layers from a prune (one that is being
+//!   mounted at that moment keeps them until its spare is retired or
+//!   taken, at most [`MAX_AGE`]).
 
 use std::collections::HashMap;
 use std::fs;
@@ -245,6 +249,25 @@ impl Spares {
     /// work dirs; drops the lease (blocking).
     pub fn drop_rootfs(&self, id: &str) {
         drop_rootfs(&self.images, &self.layout, id);
+    }
+
+    /// Unmounts every spare's rootfs mounted ahead (blocking): after an
+    /// image name is removed, their leases must not keep its layers from
+    /// `husk image prune`. The spares stay, without a rootfs.
+    pub fn forget_rootfs(&self) {
+        let ids: Vec<String> = {
+            let mut slots = self.slots.lock().unwrap();
+            slots
+                .values_mut()
+                .filter_map(|slot| {
+                    let s = slot.spare.as_mut()?;
+                    s.rootfs.take().map(|_| s.id.clone())
+                })
+                .collect()
+        };
+        for id in ids {
+            self.drop_rootfs(&id);
+        }
     }
 
     /// Mounts the rootfs `wish` names for spare `id` (blocking).

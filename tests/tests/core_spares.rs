@@ -304,3 +304,31 @@ fn a_spare_comes_with_the_last_images_rootfs_mounted_and_leaves_none() {
     );
     husk_tests::leaks::assert_no_leaks(&last);
 }
+
+#[test]
+fn removing_the_image_unmounts_the_spares_rootfs_and_prune_frees_it() {
+    require_root!();
+    let d = Huskd::start();
+    d.import_busybox();
+    d.husk_ok(&["run", "--rm", IMAGE, "true"]);
+    let id = wait_premounted(&d, None);
+    d.husk_ok(&["rmi", IMAGE]);
+    assert!(
+        overlays_under(&d.state).is_empty(),
+        "{:?}",
+        overlays_under(&d.state)
+    );
+    let out = d.husk_ok(&["--format", "json", "image", "prune"]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        !r["snapshots_removed"].as_array().unwrap().is_empty(),
+        "a spare's lease kept the layers: {r}"
+    );
+    assert!(!d
+        .root_path()
+        .join("images/leases")
+        .join(format!("{id}.json"))
+        .exists());
+    // The spare itself stays, and serves the next container.
+    assert!(spares(&d).iter().any(|s| s.0 == id));
+}
