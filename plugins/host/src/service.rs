@@ -10,6 +10,15 @@
 //! parallel. A bad frame gets an error reply (and, when the stream cannot
 //! be resynchronised, the connection is closed); it never stops the daemon.
 //!
+//! The connection threads wait in `accept` themselves, a spare one or two
+//! at all times: the kernel wakes one of them per connection and it serves
+//! the request at once. (A thread started per connection was a new task
+//! for the scheduler: on a busy machine it waited up to a whole tick, 4 ms
+//! at HZ=250, for a CPU, where a woken thread runs at once. That was most
+//! of what three plugins added to a create.) The one that takes the last
+//! spare's place starts another before it serves, so a connection never
+//! waits for another to end.
+//!
 //! After `idle_timeout` without a request the daemon removes its socket,
 //! serves whatever connected before that, and exits; SIGTERM and SIGINT do
 //! the same at once. The next shim that needs it starts it again.
@@ -21,7 +30,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::bindings::{ExitEvent, ExitStatus, KeyValue, StartEvent, Timestamp};
@@ -38,6 +47,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const IDLE_TIMEOUT_ENV: &str = "HUSK_PLUGIND_IDLE_TIMEOUT";
 /// A connection that sends no frame for this long is closed.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connection threads waiting in `accept` at start.
+const SPARE_ACCEPTORS: usize = 2;
+/// A connection thread that finds this many others waiting ends.
+const MAX_IDLE_ACCEPTORS: usize = 4;
 
 /// How to run the service.
 #[derive(Debug, Clone)]
@@ -69,13 +82,18 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartErr
 /// Serves until idle for `idle_timeout`, or until SIGTERM/SIGINT.
 pub fn run(options: Options) -> Result<(), StartError> {
     let socket = options.socket.clone();
-    let listener = bind(&socket)?;
+    let listener = Arc::new(bind(&socket)?);
     let inode = std::fs::metadata(&socket)
         .map_err(io_err(format!("stat {}", socket.display())))?
         .ino();
     let service = Arc::new(Service::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    watch_signals(&service, &stop, &socket)?;
+    let stop = Arc::new(Stop::default());
+    watch_signals(&service, &stop)?;
+    for _ in 0..SPARE_ACCEPTORS {
+        service
+            .spawn_acceptor(&listener)
+            .map_err(io_err("starting a connection thread"))?;
+    }
     tracing::info!(socket = %socket.display(), pid = std::process::id(),
         idle_timeout = ?options.idle_timeout, "husk-plugind serving");
 
@@ -84,26 +102,51 @@ pub fn run(options: Options) -> Result<(), StartError> {
             idle.saturating_sub(service.idle_for())
                 .max(Duration::from_millis(100))
         });
-        let readable = wait_readable(&listener, wait)
-            .map_err(io_err(format!("polling {}", socket.display())))?;
-        if stop.load(Ordering::SeqCst) {
+        if stop.wait(wait) {
             tracing::info!("stopping on a signal");
             break;
         }
-        if readable {
-            match listener.accept() {
-                Ok((stream, _)) => service.spawn_connection(stream),
-                Err(e) => tracing::warn!(error = %e, "accepting a connection"),
-            }
-        } else if let Some(idle) = options.idle_timeout {
+        if let Some(idle) = options.idle_timeout {
             if service.is_idle() && service.idle_for() >= idle {
                 tracing::info!(?idle, "no request for the idle timeout: exiting");
                 break;
             }
         }
     }
-    shut_down(&service, listener, &socket, inode);
+    shut_down(&service, &listener, &socket, inode);
     Ok(())
+}
+
+/// Set by SIGTERM or SIGINT; the main thread waits on it.
+#[derive(Default)]
+struct Stop {
+    stopped: Mutex<bool>,
+    cond: Condvar,
+}
+
+impl Stop {
+    fn set(&self) {
+        *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.cond.notify_all();
+    }
+
+    /// Waits until stopped (true) or `timeout` passes (false).
+    fn wait(&self, timeout: Option<Duration>) -> bool {
+        let stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        let stopped = match timeout {
+            Some(t) => {
+                self.cond
+                    .wait_timeout_while(stopped, t, |s| !*s)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+            None => self
+                .cond
+                .wait_while(stopped, |s| !*s)
+                .unwrap_or_else(|p| p.into_inner()),
+        };
+        *stopped
+    }
 }
 
 /// Binds `socket` (0600, in a private directory), replacing a stale file
@@ -131,17 +174,12 @@ fn bind(socket: &Path) -> Result<UnixListener, StartError> {
     Ok(listener)
 }
 
-/// SIGHUP reloads every loaded config; SIGTERM and SIGINT stop the daemon
-/// (the accept loop is woken by a connection to its own socket).
-fn watch_signals(
-    service: &Arc<Service>,
-    stop: &Arc<AtomicBool>,
-    socket: &Path,
-) -> Result<(), StartError> {
+/// SIGHUP reloads every loaded config; SIGTERM and SIGINT stop the daemon.
+fn watch_signals(service: &Arc<Service>, stop: &Arc<Stop>) -> Result<(), StartError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM])
         .map_err(io_err("watching signals"))?;
-    let (service, stop, socket) = (Arc::clone(service), Arc::clone(stop), socket.to_owned());
+    let (service, stop) = (Arc::clone(service), Arc::clone(stop));
     std::thread::Builder::new()
         .name("husk-plugind-signals".into())
         .spawn(move || {
@@ -150,8 +188,7 @@ fn watch_signals(
                     service.reload_all();
                     continue;
                 }
-                stop.store(true, Ordering::SeqCst);
-                let _ = UnixStream::connect(&socket);
+                stop.set();
                 return;
             }
         })
@@ -159,42 +196,24 @@ fn watch_signals(
     Ok(())
 }
 
-/// Waits until `listener` has a connection to accept, or `timeout` passes.
-fn wait_readable(listener: &UnixListener, timeout: Option<Duration>) -> std::io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = timeout.map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32);
-    // SAFETY: one valid pollfd that outlives the call.
-    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-    if n < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.kind() == std::io::ErrorKind::Interrupted {
-            return Ok(false);
-        }
-        return Err(e);
-    }
-    Ok(n > 0)
-}
-
-/// Removes the socket (if it is still ours), serves every connection made
-/// before that, and waits for the requests in flight.
-fn shut_down(service: &Arc<Service>, listener: UnixListener, socket: &Path, inode: u64) {
+/// Removes the socket (if it is still ours) and shuts the listener down:
+/// the connection threads serve every connection made before that (the
+/// kernel refuses later ones), then their `accept` fails and they end.
+/// Waits for them.
+fn shut_down(service: &Arc<Service>, listener: &UnixListener, socket: &Path, inode: u64) {
     service.closing.store(true, Ordering::SeqCst);
     if std::fs::metadata(socket).is_ok_and(|m| m.ino() == inode) {
         let _ = std::fs::remove_file(socket);
     }
-    if listener.set_nonblocking(true).is_ok() {
-        while let Ok((stream, _)) = listener.accept() {
-            let _ = stream.set_nonblocking(false);
-            service.spawn_connection(stream);
-        }
+    // SAFETY: shutdown(2) on a descriptor the listener owns for the whole
+    // call; it only changes the socket's state (a unix listener then
+    // refuses connections, and a blocked accept returns EINVAL once the
+    // queue of pending connections is empty).
+    if unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "shutting the listener down");
     }
-    drop(listener);
     let deadline = Instant::now() + CONNECTION_TIMEOUT + Duration::from_secs(5);
-    while service.connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+    while service.acceptors.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     tracing::info!("husk-plugind stopped");
@@ -206,6 +225,9 @@ pub struct Service {
     hosts: Mutex<HashMap<PathBuf, Arc<Mutex<Option<Loaded>>>>>,
     connections: AtomicUsize,
     in_flight: AtomicUsize,
+    /// Connection threads alive, and those waiting in `accept`.
+    acceptors: AtomicUsize,
+    idle_acceptors: AtomicUsize,
     last_request: Mutex<Option<Instant>>,
     started: OnceInstant,
     closing: AtomicBool,
@@ -253,18 +275,55 @@ impl Service {
         self.in_flight.load(Ordering::SeqCst) == 0 && self.connections.load(Ordering::SeqCst) == 0
     }
 
-    fn spawn_connection(self: &Arc<Self>, stream: UnixStream) {
-        self.connections.fetch_add(1, Ordering::SeqCst);
-        let service = Arc::clone(self);
+    /// Starts a connection thread, counted as waiting in `accept`.
+    fn spawn_acceptor(self: &Arc<Self>, listener: &Arc<UnixListener>) -> std::io::Result<()> {
+        self.acceptors.fetch_add(1, Ordering::SeqCst);
+        self.idle_acceptors.fetch_add(1, Ordering::SeqCst);
+        let (service, listener) = (Arc::clone(self), Arc::clone(listener));
         let spawned = std::thread::Builder::new()
             .name("husk-plugind-conn".into())
             .spawn(move || {
-                let _open = Counted(&service.connections);
-                service.serve_connection(stream);
+                let _alive = Counted(&service.acceptors);
+                service.accept_loop(&listener);
             });
-        if let Err(e) = spawned {
-            self.connections.fetch_sub(1, Ordering::SeqCst);
-            tracing::error!(error = %e, "cannot start a thread for a connection");
+        spawned.map(drop).inspect_err(|_| {
+            self.acceptors.fetch_sub(1, Ordering::SeqCst);
+            self.idle_acceptors.fetch_sub(1, Ordering::SeqCst);
+        })
+    }
+
+    /// A connection thread: takes connections and serves them, one at a
+    /// time, until the listener is shut down or enough others wait.
+    fn accept_loop(self: &Arc<Self>, listener: &Arc<UnixListener>) {
+        loop {
+            let accepted = listener.accept();
+            let idle_left = self.idle_acceptors.fetch_sub(1, Ordering::SeqCst) - 1;
+            let closing = self.closing.load(Ordering::SeqCst);
+            match accepted {
+                Ok((stream, _)) => {
+                    let _open = Counted::new(&self.connections);
+                    if idle_left == 0 && !closing {
+                        // The next connection must not wait for this one.
+                        if let Err(e) = self.spawn_acceptor(listener) {
+                            tracing::error!(error = %e, "cannot start a connection thread");
+                        }
+                    }
+                    self.serve_connection(stream);
+                }
+                Err(_) if closing => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of descriptors, say: not a reason to spin.
+                    tracing::warn!(error = %e, "accepting a connection");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            if !self.closing.load(Ordering::SeqCst)
+                && self.idle_acceptors.load(Ordering::SeqCst) >= MAX_IDLE_ACCEPTORS
+            {
+                return;
+            }
+            self.idle_acceptors.fetch_add(1, Ordering::SeqCst);
         }
     }
 

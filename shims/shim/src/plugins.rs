@@ -267,9 +267,10 @@ pub fn on_create(
             .map_err(ShimError::io(format!("writing {}", path.display())))?;
     }
     if let Some(edited) = &reply.spec_json {
-        // No fsync: the file means nothing after a host crash (the
-        // container does not exist yet).
-        husk_runtime::state::replace_file(&spec_path, edited.as_bytes())?;
+        rewrite(&spec_path, edited.as_bytes()).map_err(ShimError::io(format!(
+            "writing the edited {}",
+            spec_path.display()
+        )))?;
     }
     Ok(Binding {
         config,
@@ -277,6 +278,21 @@ pub fn on_create(
         started_at: None,
         exit_before_start: None,
     })
+}
+
+/// Rewrites `path` in place with `bytes`: overwritten from the start, then
+/// cut to their length. Not a new file renamed over it: ext4's
+/// `auto_da_alloc` starts writing back a file renamed over another (or
+/// truncated to zero), which cost 0.2-0.9 ms of every create with edits on
+/// this project's machine, where this costs ~20 µs. Not atomic, and no
+/// need: until Create goes on, nothing else
+/// reads the file, and after a crash it means nothing (the container does
+/// not exist yet).
+fn rewrite(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+    f.write_all(bytes)?;
+    f.set_len(bytes.len() as u64)
 }
 
 /// The service could not be used for a create: the config's on-error
