@@ -118,8 +118,11 @@ impl Runtime {
         let sealed_exe = std::thread::spawn(|| SealedExe::current().map(|_| ()));
         // libseccomp takes milliseconds for Docker's profile (spec::validate
         // checked it already): compile it meanwhile too.
+        // (No thread without a profile: a thread's start and exit cost
+        // more than nothing, and on a busy machine a wait for a CPU.)
         let profiles = seccomp::profiles(&spec)?;
-        let seccomp_compiling = std::thread::spawn(move || seccomp::compile_all(&profiles));
+        let seccomp_compiling = (!profiles.is_empty())
+            .then(|| std::thread::spawn(move || seccomp::compile_all(&profiles)));
         self.states.claim(id)?;
         let mut cleanup = CreateCleanup {
             states: &self.states,
@@ -233,9 +236,12 @@ impl Runtime {
         sealed_exe
             .join()
             .map_err(|_| Error::Init("copying the runtime binary panicked".into()))??;
-        config.seccomp = seccomp_compiling
-            .join()
-            .map_err(|_| Error::Init("compiling the seccomp profile panicked".into()))??;
+        config.seccomp = match seccomp_compiling {
+            Some(t) => t
+                .join()
+                .map_err(|_| Error::Init("compiling the seccomp profile panicked".into()))??,
+            None => None,
+        };
         let seccomp_program = config.seccomp.clone();
         let launched = launch::launch(
             config,
