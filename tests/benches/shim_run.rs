@@ -21,6 +21,11 @@
 //! (next to this bench executable). The load average is printed before and
 //! after: the machine is shared.
 //!
+//! `SHIM_RUN_BASELINE=DIR` adds a third contender, "husk base": the
+//! `containerd-shim-husk-v2` in DIR (another build, e.g. a copy saved
+//! before a change), run as runtime `io.containerd.huskbase.v2` in the
+//! same rounds, so two builds compare on one machine state.
+//!
 //! The hot layout (shims/shim/layout/README.md): the bench first prints how
 //! many of the functions listed in `shims/shim/layout/hot.txt` the measured
 //! binary's link matched (from the link map the shim's build script has the
@@ -40,6 +45,7 @@ const CONTENDERS: [(&str, &str); 2] = [
     ("husk shim", "io.containerd.husk.v2"),
     ("runc shim", "io.containerd.runc.v2"),
 ];
+const BASELINE: (&str, &str) = ("husk base", "io.containerd.huskbase.v2");
 
 fn main() -> ExitCode {
     if !husk_tests::is_root() {
@@ -65,24 +71,35 @@ fn main() -> ExitCode {
         .prefix("husk-bench-shim-")
         .tempdir()
         .unwrap();
+    let mut contenders = CONTENDERS.to_vec();
+    let mut path_prepend = vec![dir.clone()];
+    if let Some(base) = std::env::var_os("SHIM_RUN_BASELINE") {
+        let bin = std::path::Path::new(&base).join("containerd-shim-husk-v2");
+        assert!(bin.is_file(), "SHIM_RUN_BASELINE: no {}", bin.display());
+        let linked = tmp.path().join("baseline-bin");
+        std::fs::create_dir_all(&linked).unwrap();
+        std::os::unix::fs::symlink(&bin, linked.join("containerd-shim-huskbase-v2")).unwrap();
+        path_prepend.push(linked);
+        contenders.push(BASELINE);
+    }
     let ctd = Containerd::start_with(ContainerdOptions {
-        path_prepend: vec![dir.clone()],
+        path_prepend,
         ..Default::default()
     });
     ctd.import_busybox(tmp.path());
     husk_tests::stats::print_load();
 
     // Warm up both (page cache, snapshot).
-    for (_, runtime) in CONTENDERS {
+    for (_, runtime) in &contenders {
         for _ in 0..2 {
             run_once(&ctd, runtime);
         }
     }
-    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); CONTENDERS.len()];
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); contenders.len()];
     for round in 0..iters {
-        for k in 0..CONTENDERS.len() {
-            let i = (round + k) % CONTENDERS.len();
-            samples[i].push(run_once(&ctd, CONTENDERS[i].1));
+        for k in 0..contenders.len() {
+            let i = (round + k) % contenders.len();
+            samples[i].push(run_once(&ctd, contenders[i].1));
         }
     }
     println!("ctr run --rm of /bin/true, {iters} runs each (ms)");
@@ -91,13 +108,19 @@ fn main() -> ExitCode {
         "contender", "median", "p10", "p90"
     );
     let summaries: Vec<Summary> = samples.iter().map(|s| Summary::of(s).unwrap()).collect();
-    for ((name, _), s) in CONTENDERS.iter().zip(&summaries) {
+    for ((name, _), s) in contenders.iter().zip(&summaries) {
         println!("{name:<12} {:>8.1} {:>8.1} {:>8.1}", s.median, s.p10, s.p90);
     }
     println!(
         "husk / runc shim: {:.2} (target <= 0.75)",
         summaries[0].median / summaries[1].median
     );
+    if let Some(base) = summaries.get(2) {
+        println!(
+            "husk shim / husk base: {:.2}",
+            summaries[0].median / base.median
+        );
+    }
 
     println!("\nper-container shim footprint (5 sleeping containers per runtime, means)");
     println!(
@@ -105,7 +128,7 @@ fn main() -> ExitCode {
         "shim", "VmRSS MB", "RssAnon MB", "RssFile MB", "Pss MB", "threads"
     );
     let mut rss = Vec::new();
-    for (name, runtime) in CONTENDERS {
+    for (name, runtime) in &contenders {
         let f = footprint(&ctd, runtime);
         println!(
             "{name:<12} {:>9.1} {:>10.1} {:>10.1} {:>9.1} {:>8.1}",
@@ -181,10 +204,10 @@ fn footprint(ctd: &Containerd, runtime: &str) -> Footprint {
             "{runtime}: task {id} is not running:\n{tasks}"
         );
     }
-    let bin = if runtime.contains("husk") {
-        "containerd-shim-husk-v2"
-    } else {
-        "containerd-shim-runc-v2"
+    let bin = match runtime {
+        r if r == BASELINE.1 => "containerd-shim-huskbase-v2",
+        r if r.contains("husk") => "containerd-shim-husk-v2",
+        _ => "containerd-shim-runc-v2",
     };
     let address = ctd.address().to_string_lossy().into_owned();
     let shims: Vec<u32> = husk_tests::leaks::processes_matching(&address)
