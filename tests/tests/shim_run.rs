@@ -97,3 +97,47 @@ fn containerd_debug_logging_reaches_containerd_not_the_address() {
     assert!(log.contains("husk shim serving"), "{log}");
     assert_no_leaks(&id);
 }
+
+/// The program header types of the ELF file at `path` (64-bit, little
+/// endian: what this machine runs).
+fn program_header_types(path: &std::path::Path) -> Vec<u32> {
+    let elf = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(
+        &elf[..5],
+        b"\x7fELF\x02",
+        "{}: not a 64-bit ELF",
+        path.display()
+    );
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+    let (entsize, count) = (u16_at(0x36), u16_at(0x38));
+    (0..count)
+        .map(|i| {
+            let at = phoff + i * entsize;
+            u32::from_le_bytes(elf[at..at + 4].try_into().unwrap())
+        })
+        .collect()
+}
+
+/// Both shims are static-pie (scripts/rustc-wrapper.sh): no program
+/// interpreter (PT_INTERP), but position-independent (PT_DYNAMIC, for
+/// relocating itself), so ASLR still applies. A dynamic shim would keep
+/// ld.so and libc pages resident in every shim.
+#[test]
+fn shim_binaries_are_static_pie() {
+    const PT_DYNAMIC: u32 = 2;
+    const PT_INTERP: u32 = 3;
+    let dir = shim_dir();
+    for bin in [SHIM_BIN, HARDENED_BIN] {
+        let types = program_header_types(&dir.join(bin));
+        assert!(
+            !types.contains(&PT_INTERP),
+            "{bin} is dynamically linked: is .cargo/config.toml's rustc-workspace-wrapper \
+             (scripts/rustc-wrapper.sh) in effect?"
+        );
+        assert!(
+            types.contains(&PT_DYNAMIC),
+            "{bin} is not position-independent"
+        );
+    }
+}
