@@ -236,6 +236,40 @@ fn misbehaving_plugins_are_stopped_within_their_limits() {
     assert_nothing_left(&d);
 }
 
+/// A container created when no plugin had start or exit hooks (whose shim
+/// then skips those requests while the config and plugin files are
+/// unchanged) still has its start and exit seen by a lifecycle plugin
+/// installed before it starts: the config changed, so the shim asks.
+#[test]
+fn a_lifecycle_plugin_installed_after_create_sees_start_and_exit() {
+    require_root!();
+    let d = huskd();
+    install(&d, "rust-policy.wasm", &["--name", "security"]);
+    let id = d.husk_ok(&["create", IMAGE, "true"]).trim().to_string();
+    install(
+        &d,
+        "rust-lifecycle.wasm",
+        &["--name", "recorder", "--grant", "store"],
+    );
+    d.husk_ok(&["start", &id]);
+    d.wait_status(&id, "stopped");
+    let store = d.root.join("plugins/state/recorder.json");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&store).unwrap_or_default();
+        if text.contains(&format!("start/{id}")) && text.contains(&format!("exit/{id}")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the start and exit of {id} not recorded in {}: {text}",
+            store.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.husk_ok(&["rm", &id]);
+}
+
 #[test]
 fn plugin_ls_test_rm() {
     require_root!();

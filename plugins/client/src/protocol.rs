@@ -14,7 +14,8 @@
 //! speaks another answers with an error that says to restart it.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -131,6 +132,36 @@ pub struct CreateReply {
     /// The final spec's annotations, sorted by key (for the lifecycle hooks).
     pub annotations: Vec<(String, String)>,
     pub reports: Vec<Report>,
+    /// Set when no plugin of the config has a start or exit hook: these
+    /// files (the config and its plugins) as they were. While they are
+    /// unchanged, the service would run nothing at start and exit (it
+    /// reloads only on a change), so the shim does not ask it. `None`
+    /// (and from a service before this field): always ask.
+    #[serde(default)]
+    pub no_lifecycle_hooks_while: Option<Vec<FileStamp>>,
+}
+
+/// Size, mtime and inode of a file, or `None` if it is missing: how the
+/// service notices that a config or plugin file changed.
+pub type Stamp = Option<(u64, i64, i64, u64)>;
+
+/// A file and its [`Stamp`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStamp {
+    pub path: PathBuf,
+    pub stamp: Stamp,
+}
+
+/// The [`Stamp`] of `path` now.
+pub fn stamp(path: &Path) -> Stamp {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.size(), m.mtime(), m.mtime_nsec(), m.ino()))
+}
+
+/// Whether every file still has its stamp.
+pub fn unchanged(files: &[FileStamp]) -> bool {
+    files.iter().all(|f| stamp(&f.path) == f.stamp)
 }
 
 /// A spec's annotations as the hooks get them: pairs sorted by key.

@@ -10,7 +10,6 @@
 //! a few `stat`s per interval), which also catches the atomic
 //! write-then-rename editors and `husk plugin install` use.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -56,7 +55,7 @@ impl Drop for Watcher {
 }
 
 /// Size, mtime and inode of each watched file (`None`: missing).
-pub(crate) type Stamp = Vec<Option<(u64, i64, i64, u64)>>;
+pub(crate) type Stamp = Vec<crate::protocol::Stamp>;
 
 /// The config file and every plugin file it names.
 pub(crate) fn watched_files(host: &PluginHost) -> Vec<PathBuf> {
@@ -70,14 +69,7 @@ pub(crate) fn watched_files(host: &PluginHost) -> Vec<PathBuf> {
 }
 
 pub(crate) fn stamp(files: &[PathBuf]) -> Stamp {
-    files
-        .iter()
-        .map(|f| {
-            std::fs::metadata(f)
-                .ok()
-                .map(|m| (m.size(), m.mtime(), m.mtime_nsec(), m.ino()))
-        })
-        .collect()
+    files.iter().map(|f| crate::protocol::stamp(f)).collect()
 }
 
 /// Starts watching for reload triggers.

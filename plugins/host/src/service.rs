@@ -34,9 +34,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::bindings::{ExitEvent, ExitStatus, KeyValue, StartEvent, Timestamp};
+use crate::config::Hook;
 use crate::protocol::{
-    self, CreateReply, CreateRequest, ErrorKind, Exited, Note, Op, Reply, Report, Request, Started,
-    VersionOnly,
+    self, CreateReply, CreateRequest, ErrorKind, Exited, FileStamp, Note, Op, Reply, Report,
+    Request, Started, VersionOnly,
 };
 use crate::registry::{HookReport, Outcome};
 use crate::{endpoint, mutation, ContainerContext, Error, PluginHost};
@@ -247,6 +248,44 @@ struct Loaded {
     host: Arc<PluginHost>,
     files: Vec<PathBuf>,
     stamp: crate::reload::Stamp,
+    /// `files` with their stamps when no plugin has a start or exit hook
+    /// (see [`CreateReply::no_lifecycle_hooks_while`]).
+    no_lifecycle_hooks: Option<Vec<FileStamp>>,
+}
+
+impl Loaded {
+    fn new(host: Arc<PluginHost>) -> Loaded {
+        let mut l = Loaded {
+            host,
+            files: Vec::new(),
+            stamp: Vec::new(),
+            no_lifecycle_hooks: None,
+        };
+        l.loaded();
+        l
+    }
+
+    /// After a (re)load: the files the plugins came from, as they are.
+    fn loaded(&mut self) {
+        self.files = crate::reload::watched_files(&self.host);
+        self.stamp = crate::reload::stamp(&self.files);
+        let lifecycle = self
+            .host
+            .registry()
+            .plugins
+            .iter()
+            .any(|p| p.hooks().iter().any(|h| *h != Hook::Create));
+        self.no_lifecycle_hooks = (!lifecycle).then(|| {
+            self.files
+                .iter()
+                .zip(&self.stamp)
+                .map(|(path, stamp)| FileStamp {
+                    path: path.clone(),
+                    stamp: *stamp,
+                })
+                .collect()
+        });
+    }
 }
 
 /// Counts something in flight for as long as it lives.
@@ -405,7 +444,7 @@ impl Service {
     }
 
     fn create(&self, req: CreateRequest) -> Reply {
-        let host = match self.host(&req.config) {
+        let (host, no_lifecycle_hooks_while) = match self.current(&req.config) {
             Ok(h) => h,
             Err(e) => return config_error(&req.config, e),
         };
@@ -457,6 +496,7 @@ impl Service {
             spec_json,
             annotations,
             reports: reports(&decision.reports),
+            no_lifecycle_hooks_while,
         })
     }
 
@@ -464,6 +504,12 @@ impl Service {
     /// or a plugin file changed since (the old plugins stay if the new set
     /// fails to load, and the error is returned).
     pub fn host(&self, config: &Path) -> Result<Arc<PluginHost>, Error> {
+        self.current(config).map(|(host, _)| host)
+    }
+
+    /// [`Self::host`], and its files as they were when loaded if none of
+    /// its plugins has a start or exit hook.
+    fn current(&self, config: &Path) -> Result<(Arc<PluginHost>, Option<Vec<FileStamp>>), Error> {
         let slot = {
             let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
             Arc::clone(hosts.entry(config.to_owned()).or_default())
@@ -472,22 +518,16 @@ impl Service {
         if let Some(l) = slot.as_mut() {
             if crate::reload::stamp(&l.files) != l.stamp {
                 l.host.reload()?;
-                l.files = crate::reload::watched_files(&l.host);
-                l.stamp = crate::reload::stamp(&l.files);
+                l.loaded();
                 tracing::info!(config = %config.display(), "plugin config changed: reloaded");
             }
-            return Ok(Arc::clone(&l.host));
+            return Ok((Arc::clone(&l.host), l.no_lifecycle_hooks.clone()));
         }
-        let host = Arc::new(PluginHost::from_config_file(config)?);
-        let files = crate::reload::watched_files(&host);
-        let stamp = crate::reload::stamp(&files);
+        let l = Loaded::new(Arc::new(PluginHost::from_config_file(config)?));
         tracing::info!(config = %config.display(), "plugin config loaded");
-        *slot = Some(Loaded {
-            host: Arc::clone(&host),
-            files,
-            stamp,
-        });
-        Ok(host)
+        let current = (Arc::clone(&l.host), l.no_lifecycle_hooks.clone());
+        *slot = Some(l);
+        Ok(current)
     }
 
     /// SIGHUP: every loaded config is read again.
@@ -504,8 +544,7 @@ impl Service {
             let Some(l) = slot.as_mut() else { continue };
             match l.host.reload() {
                 Ok(()) => {
-                    l.files = crate::reload::watched_files(&l.host);
-                    l.stamp = crate::reload::stamp(&l.files);
+                    l.loaded();
                     tracing::info!(config = %config.display(), "SIGHUP: reloaded");
                 }
                 Err(e) => tracing::error!(config = %config.display(), error = %e,

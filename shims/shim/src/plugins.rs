@@ -22,7 +22,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use husk_plugin_client::client::{Client, ClientError};
 use husk_plugin_client::config::{Hook, HostConfig, Mode, OnError};
-use husk_plugin_client::protocol::{self, CreateRequest, Exited, Op, Reply, Report, Started};
+use husk_plugin_client::protocol::{
+    self, CreateRequest, Exited, FileStamp, Op, Reply, Report, Started,
+};
 use protobuf::well_known_types::any::Any;
 use serde::Serialize;
 
@@ -277,6 +279,7 @@ pub fn on_create(
         annotations: reply.annotations,
         started_at: None,
         exit_before_start: None,
+        no_lifecycle_hooks_while: reply.no_lifecycle_hooks_while,
     })
 }
 
@@ -335,6 +338,7 @@ fn unavailable(config: PathBuf, id: &str, spec_path: &Path, e: &ClientError) -> 
         annotations,
         started_at: None,
         exit_before_start: None,
+        no_lifecycle_hooks_while: None,
     })
 }
 
@@ -350,6 +354,10 @@ pub struct Binding {
     /// exit hook runs after the start hook, once Start returns.
     #[serde(default)]
     pub exit_before_start: Option<bool>,
+    /// From the create's reply: no plugin of the config has a start or
+    /// exit hook while these files are unchanged.
+    #[serde(default)]
+    pub no_lifecycle_hooks_while: Option<Vec<FileStamp>>,
 }
 
 impl Binding {
@@ -386,7 +394,17 @@ impl Binding {
 /// Runs lifecycle hooks (`ops`, from [`Binding::start_op`] and
 /// [`Binding::exit_op`], in order) off the caller's thread: a slow plugin
 /// (bounded by its time limit) never holds up the task it observes.
-pub fn notify(plugins: &Arc<Plugins>, id: &str, ops: Vec<Op>) {
+/// Nothing at all (no thread, no request) when the create's reply said no
+/// plugin has these hooks and the config and plugin files are unchanged
+/// since: the service would have run nothing.
+pub fn notify(plugins: &Arc<Plugins>, binding: &Binding, id: &str, ops: Vec<Op>) {
+    if binding
+        .no_lifecycle_hooks_while
+        .as_deref()
+        .is_some_and(protocol::unchanged)
+    {
+        return;
+    }
     *plugins
         .hooks_running
         .lock()

@@ -147,7 +147,7 @@ impl Shim {
             if let Some(b) = c.plugins.as_mut() {
                 if b.started_at.is_some() {
                     let op = b.exit_op(&r.container, r.pid, &r.exit, oom_killed);
-                    plugins::notify(&self.plugins, &r.container, vec![op]);
+                    plugins::notify(&self.plugins, b, &r.container, vec![op]);
                 } else {
                     // Start has not returned yet: its hook goes first.
                     b.exit_before_start = Some(oom_killed);
@@ -533,7 +533,7 @@ impl TaskService {
             if let (Some(oom_killed), Some(exit)) = (b.exit_before_start.take(), &c.init.exit) {
                 ops.push(b.exit_op(id, pid, exit, oom_killed));
             }
-            plugins::notify(&self.shim.plugins, id, ops);
+            plugins::notify(&self.shim.plugins, b, id, ops);
         }
         self.shim.events.task_start(ev::TaskStart {
             container_id: id.into(),
