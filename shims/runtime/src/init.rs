@@ -231,34 +231,63 @@ fn intermediate(channel: &mut Channel) -> Result<()> {
     }
 }
 
+/// Whether `hooks` has any that the round trip before pivot_root is for:
+/// prestart and createRuntime (run by the runtime), createContainer and
+/// startContainer (run here with the state it answers).
+fn needs_create_round_trip(hooks: Option<&oci_spec::runtime::Hooks>) -> bool {
+    hooks.is_some_and(|h| {
+        [
+            h.prestart(),
+            h.create_runtime(),
+            h.create_container(),
+            h.start_container(),
+        ]
+        .into_iter()
+        .any(|list| list.as_ref().is_some_and(|l| !l.is_empty()))
+    })
+}
+
 fn container_init(
     channel: &mut Channel,
     config: &InitConfig,
     fifo: Option<OwnedFd>,
     bind_sources: Vec<Option<OwnedFd>>,
 ) -> Result<std::convert::Infallible> {
+    // The mounts write nothing to the channel: they go on while the
+    // runtime reads the intermediate's last message and answers, rather
+    // than after that round trip.
+    let prepared = (|| -> Result<()> {
+        sys::setsid().context(|| "setsid".into())?;
+        if let Some(create) = &config.create {
+            rootfs::prepare(&create.rootfs, &bind_sources)?;
+        }
+        Ok(())
+    })();
+    drop(bind_sources);
     // Until the runtime has read the intermediate's last message, writing
-    // here could interleave with it.
+    // here (a failure included) could interleave with it.
     match expect(channel, "the go-ahead")? {
         Message::Proceed => {}
         other => return Err(Error::Init(format!("expected the go-ahead, got {other:?}"))),
     }
-    sys::setsid().context(|| "setsid".into())?;
+    prepared?;
     let process = &config.process;
     let mut state_json = String::new();
     if let Some(create) = &config.create {
-        rootfs::prepare(&create.rootfs, &bind_sources)?;
-        drop(bind_sources);
-        channel.send(&Message::RunCreateRuntimeHooks)?;
-        match expect(channel, "createRuntime hooks")? {
-            Message::CreateRuntimeHooksDone { state } => state_json = state,
-            other => return Err(Error::Init(format!("expected hooks done, got {other:?}"))),
+        // Without hooks to run there and here, no state is needed: no
+        // round trip.
+        if needs_create_round_trip(create.hooks.as_ref()) {
+            channel.send(&Message::RunCreateRuntimeHooks)?;
+            match expect(channel, "createRuntime hooks")? {
+                Message::CreateRuntimeHooksDone { state } => state_json = state,
+                other => return Err(Error::Init(format!("expected hooks done, got {other:?}"))),
+            }
+            hooks::run(
+                HookKind::CreateContainer,
+                create.hooks.as_ref(),
+                &state_json,
+            )?;
         }
-        hooks::run(
-            HookKind::CreateContainer,
-            create.hooks.as_ref(),
-            &state_json,
-        )?;
         rootfs::pivot(&create.rootfs)?;
         // Before finish: /proc/sys is usually among the read-only paths.
         for (key, value) in &create.sysctl {
