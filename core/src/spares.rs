@@ -159,6 +159,9 @@ pub struct Spares {
     closed: std::sync::atomic::AtomicBool,
     /// Woken whenever a launch ends.
     launched: tokio::sync::Notify,
+    /// Retirements under way ([`Spares::retire`]): `close` waits for them,
+    /// so that no rootfs mounted ahead outlives huskd.
+    retiring: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 enum LaunchError {
@@ -188,6 +191,7 @@ impl Spares {
             slots: Mutex::new(HashMap::new()),
             closed: std::sync::atomic::AtomicBool::new(false),
             launched: tokio::sync::Notify::new(),
+            retiring: Arc::default(),
         })
     }
 
@@ -373,7 +377,6 @@ impl Spares {
             let extra = {
                 let mut slots = me.slots.lock().unwrap();
                 let slot = slots.entry(bin.clone()).or_default();
-                slot.starting = false;
                 match r {
                     Ok(s) if slot.spare.is_none() && !me.is_closed() => {
                         tracing::debug!(id = %s.id, bin = %bin.display(), "spare shim ready");
@@ -397,10 +400,18 @@ impl Spares {
                     }
                 }
             };
-            me.launched.notify_waiters();
+            // Retiring (counted) before the launch ends: `close` sees one
+            // or the other.
             if let Some(s) = extra {
                 me.retire(s);
             }
+            me.slots
+                .lock()
+                .unwrap()
+                .entry(bin.clone())
+                .or_default()
+                .starting = false;
+            me.launched.notify_waiters();
         });
     }
 
@@ -503,7 +514,9 @@ impl Spares {
     fn retire(&self, spare: Spare) {
         let dir = self.layout.spares_dir().join(&spare.id);
         let (images, layout) = (self.images.clone(), self.layout.clone());
+        let retiring = Retiring::start(&self.retiring);
         tokio::spawn(async move {
+            let _retiring = retiring;
             shutdown(&spare.client, &spare.id).await;
             drop(spare.log);
             let premounted = spare.rootfs.is_some();
@@ -545,7 +558,8 @@ impl Spares {
     }
 
     /// huskd is exiting: no new spares; every spare (and any being
-    /// started) is shut down and its bundle removed before this returns.
+    /// started, or being retired) is shut down, its rootfs unmounted and
+    /// its bundle removed before this returns (within 5 s).
     pub async fn close(&self) {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -564,11 +578,28 @@ impl Spares {
                 }
                 let _ = fs::remove_dir_all(self.layout.spares_dir().join(&s.id));
             }
-            if !starting || Instant::now() >= deadline {
+            let retiring = self.retiring.load(std::sync::atomic::Ordering::SeqCst) > 0;
+            if !(starting || retiring) || Instant::now() >= deadline {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+/// One retirement under way, counted until dropped.
+struct Retiring(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Retiring {
+    fn start(count: &Arc<std::sync::atomic::AtomicUsize>) -> Retiring {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Retiring(count.clone())
+    }
+}
+
+impl Drop for Retiring {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -332,3 +332,22 @@ fn removing_the_image_unmounts_the_spares_rootfs_and_prune_frees_it() {
     // The spare itself stays, and serves the next container.
     assert!(spares(&d).iter().any(|s| s.0 == id));
 }
+
+#[test]
+fn huskd_stopped_while_a_spare_mounts_its_rootfs_leaves_no_mount() {
+    require_root!();
+    // The spare that follows a run starts (and mounts its rootfs) right
+    // after the run returns: stopping huskd then races with it.
+    for _ in 0..3 {
+        let d = Huskd::start();
+        d.import_busybox();
+        d.husk_ok(&["run", "--rm", IMAGE, "true"]);
+        let state = d.state.clone();
+        drop(d);
+        assert!(
+            overlays_under(&state).is_empty(),
+            "{:?}",
+            overlays_under(&state)
+        );
+    }
+}
