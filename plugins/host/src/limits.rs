@@ -1,38 +1,36 @@
 //! Per-call limits: the time limit (epoch interruption) and the memory cap.
 //!
-//! Time: one ticker thread per host increments the engine's epoch every
-//! [`TICK`] while at least one call is running, and for [`IDLE_TICKS`] more
-//! after the last one ends; then it parks until the next call (a shim is
-//! idle almost always). A call only wakes the thread when it is parked, so
-//! the calls of a burst (one create's plugins, creates in a row) pay no
-//! wake-up syscall. A call's store gets a deadline of `ceil(limit / TICK)`
-//! ticks, so it traps between `limit - TICK` and `limit` after it starts.
+//! Time: each call's store traps (or asks its deadline callback, which
+//! checks the call's own clock) at the engine's next epoch. One ticker
+//! thread per host moves the epoch on only when a running call passes its
+//! deadline, and then every [`TICK`] while such a call runs; otherwise it
+//! sleeps until the earliest deadline of the calls running, or parks when
+//! none runs. A call wakes the thread only when its deadline comes before
+//! the thread's next wake-up (the first call of a burst; one create's
+//! plugins, which share a limit, wake it once). It used to tick every 2 ms
+//! while calls ran and for 50 ms after: 25 wake-ups of a thread around
+//! every container's create on the service's CPUs.
 //!
 //! Memory: [`MemoryCap`] is the store's `ResourceLimiter`: growing any memory
 //! past the cap traps at once, with [`MemoryCapExceeded`] as the error so the
 //! host can say so.
 
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::Engine;
 
-/// The epoch tick.
+/// How often the epoch moves on while a call runs past its deadline (its
+/// callback gave it more time: time spent in the host's store is not the
+/// plugin's).
 pub const TICK: Duration = Duration::from_millis(2);
-
-/// Ticks the ticker keeps running after the last call ends before it parks.
-pub const IDLE_TICKS: u32 = 25;
-
-/// Epoch ticks for a time limit (at least 1).
-pub fn deadline_ticks(limit: Duration) -> u64 {
-    (limit.as_nanos().div_ceil(TICK.as_nanos()) as u64).max(1)
-}
 
 #[derive(Default)]
 struct TickerState {
-    active: usize,
-    /// The thread waits on the condvar (a call must wake it).
-    parked: bool,
+    /// The deadlines of the calls running.
+    deadlines: Vec<Instant>,
+    /// When the thread wakes up next; `None`: parked until a call starts.
+    wakes_at: Option<Instant>,
     shutdown: bool,
 }
 
@@ -53,41 +51,48 @@ impl EpochTicker {
             .spawn(move || {
                 let (lock, cvar) = &*thread_state;
                 let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
-                let mut idle = 0;
-                loop {
-                    if st.shutdown {
-                        return;
-                    }
-                    if st.active > 0 {
-                        idle = 0;
-                    } else if idle >= IDLE_TICKS {
-                        st.parked = true;
-                        st = cvar.wait(st).unwrap_or_else(|e| e.into_inner());
-                        st.parked = false;
-                        idle = 0;
-                        continue;
-                    } else {
-                        idle += 1;
-                    }
-                    drop(st);
-                    std::thread::sleep(TICK);
-                    engine.increment_epoch();
-                    st = lock.lock().unwrap_or_else(|e| e.into_inner());
+                while !st.shutdown {
+                    let now = Instant::now();
+                    st = match st.deadlines.iter().min().copied() {
+                        None => {
+                            st.wakes_at = None;
+                            cvar.wait(st).unwrap_or_else(|e| e.into_inner())
+                        }
+                        Some(deadline) if deadline > now => {
+                            st.wakes_at = Some(deadline);
+                            cvar.wait_timeout(st, deadline - now)
+                                .unwrap_or_else(|e| e.into_inner())
+                                .0
+                        }
+                        Some(_) => {
+                            engine.increment_epoch();
+                            st.wakes_at = Some(now + TICK);
+                            cvar.wait_timeout(st, TICK)
+                                .unwrap_or_else(|e| e.into_inner())
+                                .0
+                        }
+                    };
                 }
             })
             .expect("spawning the epoch ticker thread");
         EpochTicker { state }
     }
 
-    /// Keeps the ticker running while the guard lives (one per call).
-    pub fn running(&self) -> TickerGuard<'_> {
+    /// A call with this time limit starts: the epoch moves on once it is
+    /// past it (the guard lives as long as the call). The call's store
+    /// must have an epoch deadline of 1 (the next epoch).
+    pub fn running(&self, limit: Duration) -> TickerGuard<'_> {
+        let deadline = Instant::now() + limit;
         let (lock, cvar) = &*self.state;
         let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
-        st.active += 1;
-        if st.parked {
+        st.deadlines.push(deadline);
+        if st.wakes_at.is_none_or(|w| deadline < w) {
             cvar.notify_one();
         }
-        TickerGuard { ticker: self }
+        TickerGuard {
+            ticker: self,
+            deadline,
+        }
     }
 }
 
@@ -101,12 +106,18 @@ impl Drop for EpochTicker {
 
 pub struct TickerGuard<'a> {
     ticker: &'a EpochTicker,
+    deadline: Instant,
 }
 
 impl Drop for TickerGuard<'_> {
     fn drop(&mut self) {
+        // The thread is not woken: it finds the call gone at its next
+        // wake-up and parks.
         let (lock, _) = &*self.ticker.state;
-        lock.lock().unwrap_or_else(|e| e.into_inner()).active -= 1;
+        let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = st.deadlines.iter().position(|d| *d == self.deadline) {
+            st.deadlines.swap_remove(i);
+        }
     }
 }
 
@@ -163,18 +174,27 @@ mod tests {
         0x0a, 0x09, 0x01, 0x07, 0x00, 0x03, 0x40, 0x0c, 0x00, 0x0b, 0x0b, // loop { br 0 }
     ];
 
-    /// Runs the spinning function under a deadline of `ticks`; how long it
-    /// took to be interrupted.
-    fn spin(engine: &Engine, ticker: &EpochTicker, ticks: u64) -> Duration {
+    /// `(module (func (export "nop")))`
+    const NOP: &[u8] = &[
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+        0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type () -> ()
+        0x03, 0x02, 0x01, 0x00, // one function of type 0
+        0x07, 0x07, 0x01, 0x03, b'n', b'o', b'p', 0x00, 0x00, // export "nop"
+        0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b, // an empty body
+    ];
+
+    /// Runs the spinning function with a time limit of `limit`; how long
+    /// it took to be interrupted.
+    fn spin(engine: &Engine, ticker: &EpochTicker, limit: Duration) -> Duration {
         let module = wasmtime::Module::new(engine, SPIN).unwrap();
         let mut store = wasmtime::Store::new(engine, ());
         let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
         let f = instance
             .get_typed_func::<(), ()>(&mut store, "spin")
             .unwrap();
-        let started = std::time::Instant::now();
-        let _running = ticker.running();
-        store.set_epoch_deadline(ticks);
+        let started = Instant::now();
+        let _running = ticker.running(limit);
+        store.set_epoch_deadline(1);
         let err = f.call(&mut store, ()).unwrap_err();
         assert_eq!(
             err.downcast_ref::<wasmtime::Trap>(),
@@ -183,30 +203,52 @@ mod tests {
         started.elapsed()
     }
 
-    /// A call is interrupted at its deadline whether the ticker is still
-    /// running from the last call or has parked and must be woken.
+    /// A call is interrupted at its deadline whether the ticker is parked
+    /// or already waits for another call's later deadline, and the epoch
+    /// does not move while calls run within their limits.
     #[test]
-    fn interrupts_when_running_and_after_parking() {
+    fn interrupts_at_the_deadline_and_only_then() {
         let mut cfg = wasmtime::Config::new();
         cfg.epoch_interruption(true);
         let engine = Engine::new(&cfg).unwrap();
         let ticker = EpochTicker::start(&engine);
         let limit = Duration::from_millis(20);
-        for pause in [Duration::ZERO, TICK * (IDLE_TICKS * 4)] {
-            std::thread::sleep(pause);
-            let took = spin(&engine, &ticker, deadline_ticks(limit));
+        let took = spin(&engine, &ticker, limit);
+        assert!(
+            took >= limit && took < Duration::from_secs(2),
+            "interrupted after {took:?} (limit {limit:?}), parked ticker"
+        );
+        {
+            // A long call in flight: the ticker sleeps until its deadline,
+            // and the short one's earlier deadline must wake it.
+            let _long = ticker.running(Duration::from_secs(60));
+            std::thread::sleep(Duration::from_millis(10));
+            let took = spin(&engine, &ticker, limit);
             assert!(
-                took >= limit - TICK && took < Duration::from_secs(2),
-                "interrupted after {took:?} (limit {limit:?}, pause {pause:?})"
+                took >= limit && took < Duration::from_secs(2),
+                "interrupted after {took:?} (limit {limit:?}), ticker waiting"
             );
         }
-        assert!(ticker.state.0.lock().unwrap().active == 0);
-    }
-
-    #[test]
-    fn ticks_round_up() {
-        assert_eq!(deadline_ticks(Duration::from_millis(100)), 50);
-        assert_eq!(deadline_ticks(Duration::from_millis(1)), 1);
-        assert_eq!(deadline_ticks(Duration::from_micros(2001)), 2);
+        // Calls within their limits: the epoch does not move (no tick while
+        // calls run, none after): a function entered afterwards under a
+        // deadline of the next epoch still runs.
+        std::thread::sleep(Duration::from_millis(50));
+        let module = wasmtime::Module::new(&engine, NOP).unwrap();
+        let mut store = wasmtime::Store::new(&engine, ());
+        let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+        let nop = instance
+            .get_typed_func::<(), ()>(&mut store, "nop")
+            .unwrap();
+        store.set_epoch_deadline(1);
+        for _ in 0..5 {
+            let _running = ticker.running(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            nop.call(&mut store, ()).is_ok(),
+            "the epoch moved without a call past its deadline"
+        );
+        assert!(ticker.state.0.lock().unwrap().deadlines.is_empty());
     }
 }

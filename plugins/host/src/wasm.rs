@@ -26,7 +26,7 @@ use crate::cache::CompileCache;
 use crate::config::{Hook, PluginConfig};
 use crate::grants::WasiGrants;
 use crate::kv::KvStore;
-use crate::limits::{deadline_ticks, EpochTicker, MemoryCap, MemoryCapExceeded};
+use crate::limits::{EpochTicker, MemoryCap, MemoryCapExceeded};
 use crate::{Error, HookFailure};
 
 /// The most `log` calls one hook call may make; later ones are dropped.
@@ -196,7 +196,6 @@ pub struct WasmPlugin {
     policy: Option<policy_hooks::GuestIndices>,
     lifecycle: Option<lifecycle_hooks::GuestIndices>,
     shared: Arc<PluginShared>,
-    ticks: u64,
 }
 
 impl std::fmt::Debug for WasmPlugin {
@@ -289,7 +288,6 @@ impl WasmPlugin {
             store: if config.grants.store { store } else { None },
         });
         let plugin = WasmPlugin {
-            ticks: deadline_ticks(config.time_limit),
             config,
             engine: engine.clone(),
             pre,
@@ -305,17 +303,15 @@ impl WasmPlugin {
     /// fails at load, not at a container's create.
     fn probe(&self, ticker: &EpochTicker) -> Result<(), Error> {
         let name = &self.config.name;
-        let (mut store, _stderr) = self.new_store().map_err(|e| Error::Instantiate {
-            plugin: name.clone(),
-            detail: e.to_string(),
-        })?;
         // A start function that never returns must not hang the loader; the
         // first instantiation may page in a large image, so allow 10x the
         // limit (at least 1 s).
-        let _running = ticker.running();
-        store.set_epoch_deadline(deadline_ticks(
-            (self.config.time_limit * 10).max(Duration::from_secs(1)),
-        ));
+        let limit = (self.config.time_limit * 10).max(Duration::from_secs(1));
+        let (mut store, _stderr) = self.new_store(limit).map_err(|e| Error::Instantiate {
+            plugin: name.clone(),
+            detail: e.to_string(),
+        })?;
+        let _running = ticker.running(limit);
         let instance = self.pre.instantiate(&mut store).map_err(|e| {
             let detail = match e.downcast_ref::<MemoryCapExceeded>() {
                 Some(m) => format!(
@@ -358,7 +354,8 @@ impl WasmPlugin {
         hooks
     }
 
-    fn new_store(&self) -> Result<(Store<CallState>, MemoryOutputPipe), Error> {
+    /// A store for one call under the time limit `limit`.
+    fn new_store(&self, limit: Duration) -> Result<(Store<CallState>, MemoryOutputPipe), Error> {
         let stderr = MemoryOutputPipe::new(64 * 1024);
         let wasi = self.config.grants.wasi_ctx(&self.config.name, &stderr)?;
         let mut store = Store::new(
@@ -377,11 +374,13 @@ impl WasmPlugin {
         );
         store.limiter(|s| &mut s.limiter);
         // The deadline counts wall clock; time spent in store operations
-        // is given back, so a slow disk does not cut a plugin short.
-        let limit = self.config.time_limit;
+        // is given back, so a slow disk does not cut a plugin short. The
+        // epoch moves on only once a call is past its deadline (see
+        // `limits`): at each move, this call checks its own clock.
+        store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |ctx| {
             Ok(match ctx.data().past_limit(limit) {
-                Some(left) => wasmtime::UpdateDeadline::Continue(deadline_ticks(left)),
+                Some(_) => wasmtime::UpdateDeadline::Continue(1),
                 None => wasmtime::UpdateDeadline::Interrupt,
             })
         });
@@ -398,10 +397,9 @@ impl WasmPlugin {
     ) -> Result<R, HookFailure> {
         let started = phases.is_some().then(Instant::now);
         let (mut store, stderr) = self
-            .new_store()
+            .new_store(self.config.time_limit)
             .map_err(|e| HookFailure::Instantiate(e.to_string()))?;
-        let _running = ticker.running();
-        store.set_epoch_deadline(self.ticks);
+        let _running = ticker.running(self.config.time_limit);
         let instance = self.pre.instantiate(&mut store);
         let instantiated = started.map(|_| Instant::now());
         let result = instance.and_then(|instance| f(&mut store, &instance));
