@@ -11,6 +11,11 @@
 # that needs dlopen (no NSS lookups: users and groups come from the
 # container's /etc files).
 #
+# Every workspace crate is compiled with v0 symbol mangling: a generic
+# instance's name then spells out its type arguments instead of a hash that
+# changes with any edit nearby, so the shim's hot code list
+# (shims/shim/layout/README.md) keeps matching across code changes.
+#
 # Why a wrapper: cargo has no stable per-binary rustflags, and
 # `-C target-feature=+crt-static` in RUSTFLAGS would also reach the
 # proc-macro crates, which cannot be linked statically.
@@ -18,7 +23,7 @@ rustc=$1
 shift
 case " $* " in
 *" --crate-name containerd_shim_husk_v2 "* | *" --crate-name containerd_shim_husk_hardened_v2 "*)
-    exec "$rustc" "$@" -C target-feature=+crt-static
+    exec "$rustc" "$@" -C target-feature=+crt-static -C symbol-mangling-version=v0
     ;;
 esac
-exec "$rustc" "$@"
+exec "$rustc" "$@" -C symbol-mangling-version=v0

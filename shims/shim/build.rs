@@ -13,8 +13,9 @@
 //! `.text.husk_hot`, before the rest of `.text`, so the pages of code the
 //! daemon keeps resident are few instead of spread over the whole binary.
 //! The list names each function by a glob of its mangled name without
-//! the hashes (`_ZN9husk_shim6server5serve17h*`; std's v0 names with
-//! `Cs*_` for crate disambiguators), so it matches every instance whatever
+//! the hashes (the workspace's and std's v0 names with `Cs*_` for crate
+//! disambiguators, `_RNvNtCs*_9husk_shim6server5serve*`; the dependencies'
+//! legacy names without `17h<hash>E`), so it matches whatever
 //! the crate hashes of this build: the list survives a new rustc, a
 //! Cargo.lock change or another checkout path. A listed function that this
 //! build lacks matches nothing and costs nothing; how many matched is in
