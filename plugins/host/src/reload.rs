@@ -72,6 +72,23 @@ pub(crate) fn stamp(files: &[PathBuf]) -> Stamp {
     files.iter().map(|f| crate::protocol::stamp(f)).collect()
 }
 
+/// The stamps to keep for `files` after a (re)load that began once
+/// `before` (files and their stamps) was taken: a file's stamp from before
+/// the load, so that a change written while the load read the files (a
+/// `husk plugin install` racing a request) shows at the next check and
+/// reloads again; a file the new config names for the first time is
+/// stamped now. Stamping everything after the load instead would record
+/// the new file for the old plugins, and the change would never load.
+pub(crate) fn stamp_after_load(files: &[PathBuf], before: (&[PathBuf], &Stamp)) -> Stamp {
+    files
+        .iter()
+        .map(|f| match before.0.iter().position(|b| b == f) {
+            Some(i) => before.1.get(i).copied().flatten(),
+            None => crate::protocol::stamp(f),
+        })
+        .collect()
+}
+
 /// Starts watching for reload triggers.
 pub fn watch(host: &Arc<PluginHost>, options: WatchOptions) -> std::io::Result<Watcher> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -116,12 +133,14 @@ pub fn watch(host: &Arc<PluginHost>, options: WatchOptions) -> std::io::Result<W
                 }
                 if let Some(reason) = reason {
                     tracing::info!(reason, "reloading plugins");
+                    let before = stamp(&files);
                     match host.reload() {
                         Ok(()) => {}
                         Err(e) => tracing::error!(error = %e, "plugin reload failed; keeping the current plugins"),
                     }
-                    files = watched_files(&host);
-                    last = stamp(&files);
+                    let reloaded = watched_files(&host);
+                    last = stamp_after_load(&reloaded, (&files, &before));
+                    files = reloaded;
                 }
             }
         })?;
@@ -130,4 +149,36 @@ pub fn watch(host: &Arc<PluginHost>, options: WatchOptions) -> std::io::Result<W
         thread: Some(thread),
         sig_id,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config rewritten while a load read it: the stamps kept are the
+    /// ones from before the load, so the next check sees the change.
+    #[test]
+    fn a_change_during_a_load_is_seen_by_the_next_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("plugins.toml");
+        let plugin = dir.path().join("p.wasm");
+        std::fs::write(&config, "on_error = \"deny\"\n").unwrap();
+        std::fs::write(&plugin, "wasm").unwrap();
+        let before_files = vec![config.clone()];
+        let before = stamp(&before_files);
+        // The load reads the config; `husk plugin install` rewrites it.
+        std::fs::write(&config, "on_error = \"allow\"\n").unwrap();
+        let loaded = vec![config.clone(), plugin.clone()];
+        let kept = stamp_after_load(&loaded, (&before_files, &before));
+        assert_eq!(
+            kept[0], before[0],
+            "the config keeps its stamp from before the load"
+        );
+        assert_eq!(
+            kept[1],
+            crate::protocol::stamp(&plugin),
+            "a new file is stamped now"
+        );
+        assert_ne!(stamp(&loaded), kept, "the next check reloads");
+    }
 }

@@ -254,21 +254,23 @@ struct Loaded {
 }
 
 impl Loaded {
-    fn new(host: Arc<PluginHost>) -> Loaded {
+    /// `before`: the config file and its stamp, taken before the load.
+    fn new(host: Arc<PluginHost>, before: (&[PathBuf], &crate::reload::Stamp)) -> Loaded {
         let mut l = Loaded {
             host,
             files: Vec::new(),
             stamp: Vec::new(),
             no_lifecycle_hooks: None,
         };
-        l.loaded();
+        l.loaded(before);
         l
     }
 
-    /// After a (re)load: the files the plugins came from, as they are.
-    fn loaded(&mut self) {
+    /// After a (re)load: the files the plugins came from, with their
+    /// stamps from `before` the load (see [`crate::reload::stamp_after_load`]).
+    fn loaded(&mut self, before: (&[PathBuf], &crate::reload::Stamp)) {
         self.files = crate::reload::watched_files(&self.host);
-        self.stamp = crate::reload::stamp(&self.files);
+        self.stamp = crate::reload::stamp_after_load(&self.files, before);
         let lifecycle = self
             .host
             .registry()
@@ -516,14 +518,22 @@ impl Service {
         };
         let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(l) = slot.as_mut() {
-            if crate::reload::stamp(&l.files) != l.stamp {
+            let now = crate::reload::stamp(&l.files);
+            if now != l.stamp {
                 l.host.reload()?;
-                l.loaded();
+                l.loaded((&l.files.clone(), &now));
                 tracing::info!(config = %config.display(), "plugin config changed: reloaded");
             }
             return Ok((Arc::clone(&l.host), l.no_lifecycle_hooks.clone()));
         }
-        let l = Loaded::new(Arc::new(PluginHost::from_config_file(config)?));
+        let before = (
+            [config.to_owned()],
+            crate::reload::stamp(&[config.to_owned()]),
+        );
+        let l = Loaded::new(
+            Arc::new(PluginHost::from_config_file(config)?),
+            (&before.0, &before.1),
+        );
         tracing::info!(config = %config.display(), "plugin config loaded");
         let current = (Arc::clone(&l.host), l.no_lifecycle_hooks.clone());
         *slot = Some(l);
@@ -542,9 +552,10 @@ impl Service {
         for (config, slot) in slots {
             let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
             let Some(l) = slot.as_mut() else { continue };
+            let before = crate::reload::stamp(&l.files);
             match l.host.reload() {
                 Ok(()) => {
-                    l.loaded();
+                    l.loaded((&l.files.clone(), &before));
                     tracing::info!(config = %config.display(), "SIGHUP: reloaded");
                 }
                 Err(e) => tracing::error!(config = %config.display(), error = %e,
