@@ -474,8 +474,14 @@ pub fn setuid(env: &dyn Runner, t: Target, id: &str) -> Outcome {
 
 pub fn host_processes(env: &dyn Runner, t: Target, id: &str) -> Outcome {
     let marker = format!("husk-escape-marker-{id}");
-    let mut host = Command::new("/bin/sh")
-        .args(["-c", &format!("sleep 300; : {marker}")])
+    // One process (no shell whose `sleep` child would outlive the kill
+    // and hold the test's output open), named by the marker.
+    use std::os::unix::process::CommandExt as _;
+    let mut host = Command::new("sleep")
+        .arg0(&marker)
+        .arg("300")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn the host marker process");
     let out = env.attempt(t, id, &[], &["/probe", "hostproc", &marker]);
