@@ -526,13 +526,11 @@ impl Service {
             }
             return Ok((Arc::clone(&l.host), l.no_lifecycle_hooks.clone()));
         }
-        let before = (
-            [config.to_owned()],
-            crate::reload::stamp(&[config.to_owned()]),
-        );
+        let config_file = [config.to_owned()];
+        let before = crate::reload::stamp(&config_file);
         let l = Loaded::new(
             Arc::new(PluginHost::from_config_file(config)?),
-            (&before.0, &before.1),
+            (&config_file, &before),
         );
         tracing::info!(config = %config.display(), "plugin config loaded");
         let current = (Arc::clone(&l.host), l.no_lifecycle_hooks.clone());
