@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{Hooks, LinuxNamespaceType, LinuxTimeOffset, Process};
@@ -26,7 +26,7 @@ use crate::landlock;
 use crate::namespaces::{self, Plan};
 use crate::process;
 use crate::rootfs::{self, RootfsPlan};
-use crate::sealed_exe::INIT_FD_ENV;
+use crate::sealed_exe::{INIT_FD_ENV, INIT_PROCESS_NAME};
 use crate::seccomp;
 use crate::sys;
 
@@ -132,9 +132,27 @@ pub fn main() -> ! {
     std::env::remove_var(INIT_FD_ENV);
     // SAFETY: the runtime passed us this descriptor and nothing else owns it.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let _ = sys::set_cloexec(fd, true);
-    let mut channel = Channel::from_fd(owned);
-    let code = match intermediate(&mut channel) {
+    std::process::exit(run(owned))
+}
+
+/// The intermediate as a fork of a runtime that runs sealed (see
+/// `sealed_exe`), with the channel's end `fd`: what `main` does after an
+/// exec. Returns the exit code.
+pub fn run_forked(fd: RawFd) -> i32 {
+    // The runtime's log sink is its own: the exec'd intermediate has none.
+    let _quiet = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
+    if let Ok(name) = std::ffi::CString::new(INIT_PROCESS_NAME) {
+        let _ = sys::set_process_name(&name);
+    }
+    // SAFETY: launch kept this descriptor for us; nothing else here owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    run(owned)
+}
+
+fn run(fd: OwnedFd) -> i32 {
+    let _ = sys::set_cloexec(fd.as_raw_fd(), true);
+    let mut channel = Channel::from_fd(fd);
+    match intermediate(&mut channel) {
         Ok(()) => 0,
         Err(e) => {
             let _ = channel.send(&Message::Failed {
@@ -142,8 +160,7 @@ pub fn main() -> ! {
             });
             1
         }
-    };
-    std::process::exit(code)
+    }
 }
 
 /// The runtime wraps the message as an init failure; don't say it twice.

@@ -3,7 +3,7 @@
 //! console), and hand back the container process's pid.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use oci_spec::runtime::LinuxIdMapping;
 
@@ -11,7 +11,7 @@ use crate::cgroups::Cgroup;
 use crate::channel::Channel;
 use crate::container::ProcessIo;
 use crate::error::{Context, Error, Result};
-use crate::init::{InitConfig, Message};
+use crate::init::{self, InitConfig, Message};
 use crate::namespaces;
 use crate::sealed_exe::{SealedExe, INIT_FD_ENV};
 use crate::sys;
@@ -47,29 +47,37 @@ pub fn launch(
     let exe = SealedExe::current()?;
     let (mut channel, child_end) = Channel::pair()?;
     let child_fd = child_end.raw_fd();
-    let fd_value = child_fd.to_string();
-    let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os()
-        .filter(|(k, _)| k != INIT_FD_ENV)
-        .collect();
-    env.push((INIT_FD_ENV.into(), fd_value.into()));
-    let env: Vec<(&OsStr, &OsStr)> = env
-        .iter()
-        .map(|(k, v)| (k.as_os_str(), v.as_os_str()))
-        .collect();
-    let (path, args) = exe.init_argv();
-    let mut plan = sys::ExecPlan::new(&path, &args, &env)
-        .context(|| "prepare the container init's command line".into())?;
+    let mut fds = sys::ChildFds::default();
     for (fd, to) in [(&io.stdin, 0), (&io.stdout, 1), (&io.stderr, 2)] {
         if let Some(fd) = fd {
-            plan.dup(fd.as_raw_fd(), to);
+            fds.dup(fd.as_raw_fd(), to);
         }
     }
-    plan.keep(child_fd);
+    fds.keep(child_fd);
     for fd in 3..3 + config.preserve_fds {
-        plan.keep(fd);
+        fds.keep(fd);
     }
-    let intermediate = spawn_in_cgroup(&plan, cgroup)?;
-    drop(plan);
+    let intermediate = match exe.init_argv() {
+        Some((path, args)) => {
+            let fd_value = child_fd.to_string();
+            let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os()
+                .filter(|(k, _)| k != INIT_FD_ENV)
+                .collect();
+            env.push((INIT_FD_ENV.into(), fd_value.into()));
+            let env: Vec<(&OsStr, &OsStr)> = env
+                .iter()
+                .map(|(k, v)| (k.as_os_str(), v.as_os_str()))
+                .collect();
+            let plan = sys::ExecPlan::new(&path, &args, &env, fds)
+                .context(|| "prepare the container init's command line".into())?;
+            spawn_in_cgroup(cgroup, |unified| sys::spawn(&plan, unified))?
+        }
+        None => spawn_in_cgroup(cgroup, |unified| {
+            // SAFETY: the only other thread of this process that may run
+            // meanwhile is spawn_in_cgroup's caller, blocked in its join.
+            unsafe { sys::spawn_running(&fds, unified, &|| init::run_forked(child_fd)) }
+        })?,
+    };
     drop(io);
     drop(child_end);
     let mut init_pid = None;
@@ -104,7 +112,10 @@ pub fn launch(
 /// unshares anything, so its cgroup namespace is rooted at the container's
 /// cgroup and every child inherits it. Kernels without CLONE_INTO_CGROUP
 /// (before 5.7) get the cgroup2 part through `cgroup.procs`.
-fn spawn_in_cgroup(plan: &sys::ExecPlan, cgroup: &Cgroup) -> Result<i32> {
+fn spawn_in_cgroup(
+    cgroup: &Cgroup,
+    spawn: impl Fn(Option<BorrowedFd<'_>>) -> std::io::Result<i32> + Sync,
+) -> Result<i32> {
     let unified = match cgroup.unified_dir() {
         Some(dir) => {
             Some(sys::open_dir(&dir).context(|| format!("open cgroup {}", dir.display()))?)
@@ -112,31 +123,39 @@ fn spawn_in_cgroup(plan: &sys::ExecPlan, cgroup: &Cgroup) -> Result<i32> {
         None => None,
     };
     std::thread::scope(|s| {
-        s.spawn(|| -> Result<i32> {
-            let inside = cgroup.enter_thread()?;
-            let spawned = match sys::spawn(plan, unified.as_ref().map(|fd| fd.as_fd())) {
-                Err(e) if unified.is_some() && clone_into_cgroup_unsupported(&e) => {
-                    tracing::debug!("clone3 into a cgroup unavailable ({e}); moving the init");
-                    sys::spawn(plan, None).map(|pid| (pid, true))
+        // The stack a forked intermediate runs the init on (sys::spawn_running).
+        std::thread::Builder::new()
+            .stack_size(INIT_STACK_SIZE)
+            .spawn_scoped(s, || -> Result<i32> {
+                let inside = cgroup.enter_thread()?;
+                let spawned = match spawn(unified.as_ref().map(|fd| fd.as_fd())) {
+                    Err(e) if unified.is_some() && clone_into_cgroup_unsupported(&e) => {
+                        tracing::debug!("clone3 into a cgroup unavailable ({e}); moving the init");
+                        spawn(None).map(|pid| (pid, true))
+                    }
+                    r => r.map(|pid| (pid, false)),
+                };
+                inside.leave();
+                let (pid, move_unified) = spawned
+                    .context(|| "start the container init (the sealed runtime binary)".into())?;
+                if move_unified {
+                    if let Err(e) = cgroup.add_process_unified(pid) {
+                        let _ = sys::kill(pid, libc::SIGKILL);
+                        let _ = sys::waitpid(pid, false);
+                        return Err(e.into());
+                    }
                 }
-                r => r.map(|pid| (pid, false)),
-            };
-            inside.leave();
-            let (pid, move_unified) = spawned
-                .context(|| "start the container init (the sealed husk-runtime binary)".into())?;
-            if move_unified {
-                if let Err(e) = cgroup.add_process_unified(pid) {
-                    let _ = sys::kill(pid, libc::SIGKILL);
-                    let _ = sys::waitpid(pid, false);
-                    return Err(e.into());
-                }
-            }
-            Ok(pid)
-        })
-        .join()
-        .map_err(|_| Error::Init("starting the container init panicked".into()))?
+                Ok(pid)
+            })
+            .map_err(|e| Error::Init(format!("start a thread to spawn the container init: {e}")))?
+            .join()
+            .map_err(|_| Error::Init("starting the container init panicked".into()))?
     })
 }
+
+/// A forked intermediate and its init run on a copy of the spawning
+/// thread's stack: as large as a main thread's.
+const INIT_STACK_SIZE: usize = 8 << 20;
 
 /// clone3 or CLONE_INTO_CGROUP unknown to the kernel.
 fn clone_into_cgroup_unsupported(e: &std::io::Error) -> bool {

@@ -307,64 +307,103 @@ pub fn fork() -> io::Result<Fork> {
     }
 }
 
-/// A program to execute in a new child, prepared before the fork: the child
+/// The descriptors a new child gets, prepared before the fork: the child
 /// of a multi-threaded process must not allocate (another thread may hold
 /// the allocator's lock), so it only makes system calls on this data.
-pub struct ExecPlan {
-    path: CString,
+#[derive(Default)]
+pub struct ChildFds {
+    /// (from, to): `from` becomes descriptor `to` (stdio).
+    dups: Vec<(RawFd, RawFd)>,
+    /// Descriptors the child inherits (close-on-exec cleared).
+    keep: Vec<RawFd>,
+    /// Every descriptor number the child holds after the dups, sorted:
+    /// stdio, the dups' targets and the keeps.
+    retained: Vec<RawFd>,
+}
+
+impl ChildFds {
+    /// The child gets `from` as descriptor `to`.
+    pub fn dup(&mut self, from: RawFd, to: RawFd) {
+        self.dups.push((from, to));
+        self.retain(to);
+    }
+
+    /// The child inherits `fd` (its close-on-exec flag is cleared there).
+    pub fn keep(&mut self, fd: RawFd) {
+        self.keep.push(fd);
+        self.retain(fd);
+    }
+
+    fn retain(&mut self, fd: RawFd) {
+        if let Err(at) = self.retained.binary_search(&fd) {
+            self.retained.insert(at, fd);
+        }
+    }
+}
+
+/// argv and envp as execve takes them, with the strings they point into.
+struct CommandLine {
     // Owners of the strings `argv` and `envp` point into.
     _args: Vec<CString>,
     _env: Vec<CString>,
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
-    /// (from, to): `from` becomes descriptor `to` (stdio).
-    dups: Vec<(RawFd, RawFd)>,
-    /// Descriptors the program inherits (close-on-exec cleared).
-    keep: Vec<RawFd>,
 }
 
-// SAFETY: the raw pointers point into the CStrings the plan owns, which
-// are never changed after `new`: sharing or sending the plan is as safe as
+// SAFETY: the raw pointers point into the CStrings the value owns, which
+// are never changed after `new`: sharing or sending it is as safe as
 // sharing those strings.
-unsafe impl Send for ExecPlan {}
-// SAFETY: as above; nothing mutates through a shared plan.
-unsafe impl Sync for ExecPlan {}
+unsafe impl Send for CommandLine {}
+// SAFETY: as above; nothing mutates through a shared value.
+unsafe impl Sync for CommandLine {}
 
-impl ExecPlan {
-    pub fn new(path: &Path, args: &[&OsStr], env: &[(&OsStr, &OsStr)]) -> io::Result<ExecPlan> {
-        let path = cstr(path)?;
+impl CommandLine {
+    fn new<A: AsRef<OsStr>, K: AsRef<OsStr>, V: AsRef<OsStr>>(
+        args: &[A],
+        env: &[(K, V)],
+    ) -> io::Result<CommandLine> {
         let args = args.iter().map(cstr).collect::<io::Result<Vec<_>>>()?;
         let env = env
             .iter()
             .map(|(k, v)| {
-                let mut kv = k.as_bytes().to_vec();
+                let mut kv = k.as_ref().as_bytes().to_vec();
                 kv.push(b'=');
-                kv.extend_from_slice(v.as_bytes());
+                kv.extend_from_slice(v.as_ref().as_bytes());
                 cstr(OsStr::from_bytes(&kv))
             })
             .collect::<io::Result<Vec<_>>>()?;
         let nul = std::iter::once(std::ptr::null());
         let argv = args.iter().map(|a| a.as_ptr()).chain(nul.clone()).collect();
         let envp = env.iter().map(|e| e.as_ptr()).chain(nul).collect();
-        Ok(ExecPlan {
-            path,
+        Ok(CommandLine {
             _args: args,
             _env: env,
             argv,
             envp,
-            dups: Vec::new(),
-            keep: Vec::new(),
         })
     }
+}
 
-    /// The child gets `from` as descriptor `to`.
-    pub fn dup(&mut self, from: RawFd, to: RawFd) {
-        self.dups.push((from, to));
-    }
+/// A program to execute in a new child, prepared before the fork (see
+/// [`ChildFds`]).
+pub struct ExecPlan {
+    path: CString,
+    command: CommandLine,
+    fds: ChildFds,
+}
 
-    /// The child inherits `fd` (its close-on-exec flag is cleared there).
-    pub fn keep(&mut self, fd: RawFd) {
-        self.keep.push(fd);
+impl ExecPlan {
+    pub fn new(
+        path: &Path,
+        args: &[&OsStr],
+        env: &[(&OsStr, &OsStr)],
+        fds: ChildFds,
+    ) -> io::Result<ExecPlan> {
+        Ok(ExecPlan {
+            path: cstr(path)?,
+            command: CommandLine::new(args, env)?,
+            fds,
+        })
     }
 }
 
@@ -402,6 +441,54 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// The child resets its signal mask and SIGPIPE (as std's Command does),
 /// makes the `dup`s, clears close-on-exec of the `keep`s, and executes.
 pub fn spawn(plan: &ExecPlan, cgroup: Option<BorrowedFd<'_>>) -> io::Result<libc::pid_t> {
+    // SAFETY: exec_child makes system calls on the prepared plan only.
+    unsafe { clone_child(cgroup, |report| exec_child(plan, report)) }
+}
+
+/// Like [`spawn`], but the child executes nothing: it goes on in its copy
+/// of this process and exits with what `run` returns. For a caller that
+/// already runs from an unwritable binary, so that its copy needs no exec
+/// of a protected one (see `sealed_exe`).
+///
+/// Before `run`, the child does what an exec would: besides the `dup`s and
+/// `keep`s, it closes every other descriptor and resets every signal
+/// handler to its default action (a handler of this process, tokio's
+/// among them, would write to a descriptor number the child reuses).
+///
+/// # Safety
+/// `run` allocates and takes locks: the caller must be the only thread of
+/// its process that can hold the allocator's or any other lock at the
+/// time (its other threads blocked in a join, say).
+pub unsafe fn spawn_running(
+    fds: &ChildFds,
+    cgroup: Option<BorrowedFd<'_>>,
+    run: &(dyn Fn() -> i32 + Sync),
+) -> io::Result<libc::pid_t> {
+    // SAFETY: per this function's contract, run may allocate in the child.
+    unsafe {
+        clone_child(cgroup, |report| {
+            prepare_child(fds, report);
+            signals_to_default(|handler| {
+                handler != libc::SIG_IGN as u64 && handler != libc::SIG_DFL as u64
+            });
+            close_all_but(&fds.retained);
+            libc::_exit(run())
+        })
+    }
+}
+
+/// Forks with clone3 (into `cgroup` if given), runs `child` in the child,
+/// and waits until the child closes the close-on-exec pipe whose write end
+/// `child` gets (an exec, or closing it), or writes an errno on it (the
+/// child reaped, the errno the error).
+///
+/// # Safety
+/// `child` runs in a copy of the calling thread only; it should execute
+/// or exit (the child exits with 127 if it returns).
+unsafe fn clone_child(
+    cgroup: Option<BorrowedFd<'_>>,
+    child: impl FnOnce(RawFd),
+) -> io::Result<libc::pid_t> {
     let mut pipe = [0; 2];
     // SAFETY: pipe is a valid out-array of two ints.
     check(unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) })?;
@@ -417,9 +504,7 @@ pub fn spawn(plan: &ExecPlan, cgroup: Option<BorrowedFd<'_>>) -> io::Result<libc
     }
     let wr_fd = wr.as_raw_fd();
     // SAFETY: clone3 without CLONE_VM or a stack behaves as fork(2): the
-    // child runs on a copy of this stack. In the child only system calls
-    // on prepared data follow (no allocation, no locks), then execve or
-    // _exit, so the parent's other threads cannot leave it stuck.
+    // child runs on a copy of this stack, and never returns from `child`.
     let pid = unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -431,12 +516,13 @@ pub fn spawn(plan: &ExecPlan, cgroup: Option<BorrowedFd<'_>>) -> io::Result<libc
         return Err(io::Error::last_os_error());
     }
     if pid == 0 {
-        // SAFETY: the child of the clone3 above; never returns.
-        unsafe { exec_child(plan, wr_fd) }
+        child(wr_fd);
+        // SAFETY: in the child, which must not return into the caller.
+        unsafe { libc::_exit(127) }
     }
     let pid = pid as libc::pid_t;
     drop(wr);
-    // EOF: the child executed (the pipe is close-on-exec); four bytes: errno.
+    // EOF: the child executed or closed the pipe; four bytes: errno.
     let mut buf = [0u8; 4];
     let mut got = 0;
     while got < buf.len() {
@@ -468,46 +554,81 @@ pub fn spawn(plan: &ExecPlan, cgroup: Option<BorrowedFd<'_>>) -> io::Result<libc
     Err(io::Error::from_raw_os_error(i32::from_ne_bytes(buf)))
 }
 
-/// The child's side of [`spawn`]. Async-signal-safe calls only, on the
-/// descriptors and strings the parent prepared; errno goes to `report`.
+/// Writes errno to `report` and exits: a child's setup failed.
 ///
 /// # Safety
-/// Only to be called in a freshly forked child.
-unsafe fn exec_child(plan: &ExecPlan, report: RawFd) -> ! {
-    let fail = || {
-        let errno = io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO);
-        let bytes = errno.to_ne_bytes();
-        libc::write(report, bytes.as_ptr().cast(), bytes.len());
-        libc::_exit(127)
-    };
+/// Only in a child of [`clone_child`].
+unsafe fn child_failed(report: RawFd) -> ! {
+    let errno = io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO);
+    let bytes = errno.to_ne_bytes();
+    libc::write(report, bytes.as_ptr().cast(), bytes.len());
+    libc::_exit(127)
+}
+
+/// A child's setup: signal mask, SIGPIPE, descriptors. Async-signal-safe
+/// calls only, on the prepared `fds`; a failure reports errno and exits.
+///
+/// # Safety
+/// Only in a child of [`clone_child`].
+unsafe fn prepare_child(fds: &ChildFds, report: RawFd) {
     let mut empty: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut empty);
     if libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0
         || libc::signal(libc::SIGPIPE, libc::SIG_DFL) == libc::SIG_ERR
     {
-        fail();
+        child_failed(report);
     }
-    for &(from, to) in &plan.dups {
+    for &(from, to) in &fds.dups {
         let r = if from == to {
             libc::fcntl(from, libc::F_SETFD, 0)
         } else {
             libc::dup2(from, to)
         };
         if r < 0 {
-            fail();
+            child_failed(report);
         }
     }
-    for &fd in &plan.keep {
+    for &fd in &fds.keep {
         let flags = libc::fcntl(fd, libc::F_GETFD);
         if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-            fail();
+            child_failed(report);
         }
     }
-    libc::execve(plan.path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
-    fail();
-    libc::_exit(127)
+}
+
+/// The child's side of [`spawn`]. Async-signal-safe calls only, on the
+/// descriptors and strings the parent prepared; errno goes to `report`.
+///
+/// # Safety
+/// Only to be called in a freshly forked child.
+unsafe fn exec_child(plan: &ExecPlan, report: RawFd) -> ! {
+    prepare_child(&plan.fds, report);
+    let command = &plan.command;
+    libc::execve(
+        plan.path.as_ptr(),
+        command.argv.as_ptr(),
+        command.envp.as_ptr(),
+    );
+    child_failed(report)
+}
+
+/// Closes every descriptor from 3 up but those in `retained` (sorted).
+///
+/// # Safety
+/// The caller must own every descriptor this closes: only in a child
+/// that goes on as if it had executed a program.
+unsafe fn close_all_but(retained: &[RawFd]) {
+    let mut from: libc::c_uint = 3;
+    for &fd in retained.iter().filter(|&&fd| fd >= 3) {
+        let fd = fd as libc::c_uint;
+        if fd > from {
+            libc::syscall(libc::SYS_close_range, from, fd - 1, 0);
+        }
+        from = fd + 1;
+    }
+    libc::syscall(libc::SYS_close_range, from, libc::c_uint::MAX, 0);
 }
 
 pub fn kill(pid: libc::pid_t, signal: libc::c_int) -> io::Result<()> {
@@ -666,6 +787,47 @@ pub fn sealed_memfd_copy(name: &CStr, source: &Path) -> io::Result<OwnedFd> {
     // SAFETY: F_ADD_SEALS on our own memfd.
     check(unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_ADD_SEALS, seals) })?;
     Ok(memfd)
+}
+
+/// execveat(fd, "", AT_EMPTY_PATH): executes exactly the file `fd` holds.
+/// Returns only on failure.
+pub fn execveat_empty(
+    fd: BorrowedFd<'_>,
+    args: &[std::ffi::OsString],
+    env: &[(std::ffi::OsString, std::ffi::OsString)],
+) -> io::Error {
+    let command = match CommandLine::new(args, env) {
+        Ok(command) => command,
+        Err(e) => return e,
+    };
+    // SAFETY: argv and envp are NUL-terminated arrays of live C strings
+    // `command` owns; fd is open.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            command.argv.as_ptr(),
+            command.envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
+    }
+    io::Error::last_os_error()
+}
+
+/// Whether the file at `path` cannot be written through the path it was
+/// reached by: it lies on a read-only mount (the detached read-only mount
+/// of [`readonly_detached_mount`], say) or is a write-sealed memfd.
+pub fn unwritable_file(path: &Path) -> io::Result<bool> {
+    let fd = open(path, libc::O_RDONLY)?;
+    // SAFETY: statvfs is plain data; all zeros is a valid value.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is open and stat a valid out-struct.
+    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut stat) })?;
+    if stat.f_flag & libc::ST_RDONLY != 0 {
+        return Ok(true);
+    }
+    Ok(memfd_seals(fd.as_raw_fd()).is_ok_and(|s| s & libc::F_SEAL_WRITE != 0))
 }
 
 /// A read-only, detached bind mount of the file at `path` (open_tree +
@@ -1033,6 +1195,12 @@ pub fn socketpair_stream() -> io::Result<(OwnedFd, OwnedFd)> {
 /// 33 can arrive ignored too). Handlers are left alone (execve resets them
 /// itself).
 pub fn default_ignored_signals() {
+    signals_to_default(|handler| handler == libc::SIG_IGN as u64)
+}
+
+/// Sets every signal whose current handler (the kernel's `sa_handler`)
+/// `reset` selects back to its default action.
+fn signals_to_default(reset: impl Fn(u64) -> bool) {
     // The kernel's struct sigaction, all zero: SIG_DFL, no flags, an empty
     // mask (32 bytes covers every architecture's layout). rt_sigaction
     // directly, as glibc refuses its internal signals.
@@ -1054,7 +1222,7 @@ pub fn default_ignored_signals() {
                 old.as_mut_ptr(),
                 sigset_size,
             );
-            if got == 0 && old[0] == libc::SIG_IGN as u64 {
+            if got == 0 && reset(old[0]) {
                 libc::syscall(
                     libc::SYS_rt_sigaction,
                     sig,
@@ -1152,6 +1320,80 @@ pub fn parse_proc_stat(stat: &str) -> Option<(u64, char)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn child_fds_retain_stdio_targets_and_keeps_sorted_once() {
+        let mut fds = ChildFds::default();
+        fds.keep(9);
+        fds.dup(12, 1);
+        fds.keep(4);
+        fds.keep(9);
+        assert_eq!(fds.retained, vec![1, 4, 9]);
+        assert_eq!(fds.keep, vec![9, 4, 9]);
+    }
+
+    extern "C" fn noop_handler(_: libc::c_int) {}
+
+    /// The forked child sees what an exec would leave: the kept and dup'd
+    /// descriptors only, no handler of the parent's. Its checks are system
+    /// calls only (the test harness has other threads), and its exit code
+    /// says which failed.
+    #[test]
+    fn spawn_running_leaves_what_an_exec_would() {
+        let (kept, _kept_peer) = socketpair_stream().unwrap();
+        let (dropped, _dropped_peer) = socketpair_stream().unwrap();
+        // Not close-on-exec: a fork keeps it, an exec would too; the child
+        // must still lose it, as it was not asked for.
+        set_cloexec(dropped.as_raw_fd(), false).unwrap();
+        let (stdout_source, _peer) = socketpair_stream().unwrap();
+        // SAFETY: installs a handler that does nothing.
+        unsafe {
+            libc::signal(
+                libc::SIGUSR2,
+                noop_handler as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            )
+        };
+        let mut fds = ChildFds::default();
+        fds.keep(kept.as_raw_fd());
+        fds.dup(stdout_source.as_raw_fd(), 1);
+        let (kept_fd, dropped_fd, source_fd) = (
+            kept.as_raw_fd(),
+            dropped.as_raw_fd(),
+            stdout_source.as_raw_fd(),
+        );
+        let check = || -> i32 {
+            // SAFETY: fcntl and sigaction on plain integers and out-structs.
+            unsafe {
+                let open = |fd| libc::fcntl(fd, libc::F_GETFD) >= 0;
+                let mut failed = 0;
+                if !open(kept_fd) || libc::fcntl(kept_fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0 {
+                    failed |= 1;
+                }
+                if open(dropped_fd) || open(source_fd) {
+                    failed |= 2;
+                }
+                if !open(1) {
+                    failed |= 4;
+                }
+                let mut old: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(libc::SIGUSR2, std::ptr::null(), &mut old);
+                if old.sa_sigaction != libc::SIG_DFL {
+                    failed |= 8;
+                }
+                failed
+            }
+        };
+        // SAFETY: the child only makes system calls (see above).
+        let pid = unsafe { spawn_running(&fds, None, &check) }.unwrap();
+        let status = waitpid(pid, false).unwrap().map(|(_, e)| e);
+        // SAFETY: restores the default action.
+        unsafe { libc::signal(libc::SIGUSR2, libc::SIG_DFL) };
+        assert_eq!(
+            status,
+            Some(Exit::Code(0)),
+            "1: kept fd, 2: others closed, 4: stdout dup, 8: handler reset"
+        );
+    }
 
     #[test]
     fn proc_stat_with_odd_command_names() {

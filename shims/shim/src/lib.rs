@@ -121,6 +121,7 @@ pub fn main(profile: Profile) -> ! {
             if sink.is_some() {
                 init_logging(&args, sink);
             }
+            run_sealed();
             match start::run(&args) {
                 Ok(start::Outcome::Address(a)) => match start::print_address(&a) {
                     Ok(()) => std::process::exit(0),
@@ -263,6 +264,26 @@ impl Write for LogWriter {
 /// The log's descriptor, if logging goes to a file.
 pub(crate) fn log_fd() -> Option<std::os::fd::RawFd> {
     Some(LOG_FD.load(std::sync::atomic::Ordering::Acquire)).filter(|fd| *fd >= 0)
+}
+
+/// Makes `start`, and so the daemon it forks, run from an unwritable
+/// handle on this binary (see husk_runtime::sealed_exe): the daemon's
+/// workers then start each container's intermediate as a fork, with no
+/// exec of this binary per container. Costs one exec per shim, before the
+/// shim serves anything (huskd starts its spare shims ahead).
+fn run_sealed() {
+    husk_runtime::sealed_exe::reexec_sealed();
+    // /proc/self/exe names the handle now ("/"): the plugin service, found
+    // beside the binary by default, is beside the path on disk.
+    let binary = husk_runtime::sealed_exe::binary_path();
+    if std::env::var_os(husk_plugin_client::client::BINARY_ENV).is_none() {
+        if let Some(dir) = binary.parent() {
+            std::env::set_var(
+                husk_plugin_client::client::BINARY_ENV,
+                dir.join(husk_plugin_client::client::BINARY_NAME),
+            );
+        }
+    }
 }
 
 fn init_logging(args: &Args, file: Option<std::fs::File>) {

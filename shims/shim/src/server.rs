@@ -78,7 +78,7 @@ fn fresh(args: &Args, profile: Profile, listener: OwnedFd) -> Result<Inheritance
         ttrpc_address: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
         publish_binary: args.publish_binary.clone(),
         runtime_root: runtime_root(&args.namespace),
-        binary: std::fs::read_link("/proc/self/exe").unwrap_or_default(),
+        binary: husk_runtime::sealed_exe::binary_path(),
         started_at: now,
         serving_since: now,
         ..Default::default()

@@ -371,6 +371,7 @@ fn host_thread_entry_spawns_inside_the_cgroup() {
         Path::new("/bin/sleep"),
         &["sleep".as_ref(), "60".as_ref()],
         &[],
+        crate::sys::ChildFds::default(),
     )
     .unwrap();
     let (pid, inside, after) = std::thread::scope(|s| {
