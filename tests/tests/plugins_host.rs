@@ -311,10 +311,10 @@ fn later_plugins_see_earlier_mutations() {
     let d = host.on_create_spec("c1", &spec(|_| {}), &ctx());
     assert!(d.is_allowed(), "{:?}", d.reports);
     assert_eq!(d.edits.len(), 4);
-    let caps = d.view.capabilities.as_ref().unwrap();
+    let view = d.view();
+    let caps = view.capabilities.as_ref().unwrap();
     assert!(!caps.bounding.contains(&"CAP_NET_RAW".to_string()));
-    assert!(d
-        .view
+    assert!(view
         .annotations
         .iter()
         .any(|a| a.key == "io.husk.policy" && a.value == "checked"));
@@ -372,4 +372,117 @@ fn a_store_import_without_the_grant_is_refused_at_load() {
         msg.contains("husk:plugin/store@0.1.0") && msg.contains("grants = [\"store\"]"),
         "{msg}"
     );
+}
+
+/// The plugin service's path: the spec as text, parsed once. The edited
+/// JSON comes back only when edits changed the spec, and is the typed
+/// spec's; the final annotations and view include the last plugin's edits
+/// (which no later plugin saw).
+#[test]
+fn a_spec_given_as_json_comes_back_only_when_edits_changed_it() {
+    let text = serde_json::to_vec_pretty(&spec(|_| {})).unwrap();
+    let policy = host(vec![plugin("policy", "rust-policy.wasm")]);
+    let d = policy.on_create_json("c1", &text, &ctx()).unwrap();
+    assert!(d.is_allowed(), "{:?}", d.reports);
+    let edited = d
+        .edited_json
+        .as_ref()
+        .expect("the policy's edits changed the spec");
+    let typed = d.spec.as_ref().expect("the edited spec, typed");
+    // (Capability sets are sets: compared typed, not as JSON lists.)
+    let reparsed: oci_spec::runtime::Spec = serde_json::from_value(edited.clone()).unwrap();
+    assert_eq!(&reparsed, typed);
+    let caps = &edited["process"]["capabilities"]["bounding"];
+    assert!(
+        !caps.as_array().unwrap().iter().any(|c| c == "CAP_NET_RAW"),
+        "{caps}"
+    );
+    assert!(d
+        .annotations()
+        .iter()
+        .any(|(k, v)| k == "io.husk.policy" && v == "checked"));
+    let view = d.view();
+    assert!(!view
+        .capabilities
+        .unwrap()
+        .bounding
+        .contains(&"CAP_NET_RAW".to_string()));
+    assert!(view.annotations.iter().any(|a| a.key == "io.husk.policy"));
+
+    // Edits that change nothing (the policy's, on a spec that has them
+    // already): nothing to send back either.
+    let already = serde_json::to_vec(&spec(|v| {
+        for set in v["process"]["capabilities"]
+            .as_object_mut()
+            .unwrap()
+            .values_mut()
+        {
+            set.as_array_mut().unwrap().retain(|c| c != "CAP_NET_RAW");
+        }
+        v["annotations"] = serde_json::json!({"io.husk.policy": "checked"});
+    }))
+    .unwrap();
+    let d = policy.on_create_json("c1", &already, &ctx()).unwrap();
+    assert!(d.is_allowed() && !d.edits.is_empty(), "{:?}", d.reports);
+    assert!(d.edited_json.is_none(), "{:?}", d.edited_json);
+
+    // Allowed without edits: nothing to send back.
+    let allow = host(vec![plugin("allow", "wat-allow.wasm")]);
+    let with_annotation = serde_json::to_vec(&spec(|v| {
+        v["annotations"] = serde_json::json!({"b": "2", "a": "1"});
+    }))
+    .unwrap();
+    let d = allow
+        .on_create_json("c1", &with_annotation, &ctx())
+        .unwrap();
+    assert!(d.is_allowed() && d.edits.is_empty(), "{:?}", d.reports);
+    assert!(d.edited_json.is_none() && d.spec.is_none());
+    assert_eq!(
+        d.annotations(),
+        [
+            ("a".to_string(), "1".to_string()),
+            ("b".to_string(), "2".to_string())
+        ]
+    );
+
+    // Not a spec: the reason names where.
+    let e = allow
+        .on_create_json(
+            "c1",
+            br#"{"ociVersion": "1.0.2", "process": {"cwd": 7}}"#,
+            &ctx(),
+        )
+        .unwrap_err();
+    assert!(e.contains("process.cwd"), "{e}");
+    assert!(allow.on_create_json("c1", b"{", &ctx()).is_err());
+}
+
+/// Edits that change nothing skip the re-validation only when the spec
+/// they leave was validated already (by an earlier plugin's edits): on the
+/// spec as sent, which nothing validated yet, they are checked like any.
+#[test]
+fn edits_that_change_nothing_are_still_validated_on_the_spec_as_sent() {
+    let invalid_but_edited_already = spec(|v| {
+        for set in v["process"]["capabilities"]
+            .as_object_mut()
+            .unwrap()
+            .values_mut()
+        {
+            set.as_array_mut().unwrap().retain(|c| c != "CAP_NET_RAW");
+        }
+        v["annotations"] = serde_json::json!({"io.husk.policy": "checked"});
+        v["process"]["args"] = serde_json::json!([]);
+    });
+    let d = host(vec![plugin("policy", "rust-policy.wasm")]).on_create_spec(
+        "c1",
+        &invalid_but_edited_already,
+        &ctx(),
+    );
+    match only_outcome(&d) {
+        Outcome::FailedClosed(HookFailure::InvalidMutation(m)) => {
+            assert!(m.contains("process.args is empty"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(d.denial().is_some());
 }

@@ -8,6 +8,7 @@
 //! it is applied.
 
 use oci_spec::runtime::Spec;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::bindings::{Edit, ResourceLimit};
@@ -45,7 +46,15 @@ pub fn apply(spec: &Spec, edits: &[Edit]) -> Result<Spec, InvalidMutation> {
 }
 
 /// Applies `edits` to the spec's JSON and validates; returns both forms.
-pub fn apply_value(mut value: Value, edits: &[Edit]) -> Result<(Value, Spec), InvalidMutation> {
+pub fn apply_value(value: Value, edits: &[Edit]) -> Result<(Value, Spec), InvalidMutation> {
+    let value = apply_edits(value, edits)?;
+    let spec = check(&value, edits)?;
+    Ok((value, spec))
+}
+
+/// Applies `edits` to the spec's JSON, each checked on its own (a name, a
+/// path, a value), without validating the whole result: see [`check`].
+pub fn apply_edits(mut value: Value, edits: &[Edit]) -> Result<Value, InvalidMutation> {
     for (index, edit) in edits.iter().enumerate() {
         apply_one(&mut value, edit).map_err(|reason| InvalidMutation {
             index,
@@ -53,15 +62,22 @@ pub fn apply_value(mut value: Value, edits: &[Edit]) -> Result<(Value, Spec), In
             reason,
         })?;
     }
+    Ok(value)
+}
+
+/// Validates a spec's JSON after `edits`: parsed as an OCI spec, then
+/// `husk_runtime::spec::validate`.
+pub fn check(value: &Value, edits: &[Edit]) -> Result<Spec, InvalidMutation> {
     let whole = |reason: String| InvalidMutation {
         index: edits.len().saturating_sub(1),
         edit: "the edited spec".into(),
         reason,
     };
-    let spec: Spec = serde_json::from_value(value.clone())
-        .map_err(|e| whole(format!("is not a valid OCI spec: {e}")))?;
+    // From the value in place: no copy of it to consume.
+    let spec =
+        Spec::deserialize(value).map_err(|e| whole(format!("is not a valid OCI spec: {e}")))?;
     husk_runtime::spec::validate(&spec).map_err(|e| whole(format!("fails validation: {e}")))?;
-    Ok((value, spec))
+    Ok(spec)
 }
 
 fn obj<'a>(v: &'a mut Value, key: &str) -> Result<&'a mut Map<String, Value>, String> {

@@ -114,6 +114,16 @@ impl NativePlugin {
         Ok(plugin)
     }
 
+    /// Whether the library exports `hook`.
+    pub fn exports_hook(&self, hook: Hook) -> bool {
+        let bit = match hook {
+            Hook::Create => HOOK_CREATE,
+            Hook::Start => HOOK_START,
+            Hook::Exit => HOOK_EXIT,
+        };
+        self.hooks & bit != 0
+    }
+
     pub fn exported_hooks(&self) -> Vec<Hook> {
         let mut v = Vec::new();
         if self.hooks & HOOK_CREATE != 0 {

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use oci_spec::runtime::Spec;
+use serde::Deserialize;
 use serde_json::Value;
 use wasmtime::component::Linker;
 use wasmtime::Engine;
@@ -50,6 +51,16 @@ impl Plugin {
 
     pub fn name(&self) -> &str {
         &self.config().name
+    }
+
+    /// Whether it runs at `hook` ([`Self::hooks`] without building the
+    /// list).
+    pub fn has_hook(&self, hook: Hook) -> bool {
+        let exported = match self {
+            Plugin::Wasm(p) => p.exports_hook(hook),
+            Plugin::Native(p) => p.exports_hook(hook),
+        };
+        exported && self.config().wants(hook)
     }
 
     /// The hooks it runs at: what it exports, narrowed by its config.
@@ -113,14 +124,47 @@ pub struct Decision {
     /// Every edit applied, with the plugin that asked for it.
     pub edits: Vec<(String, Edit)>,
     /// The spec to create the container with (edited, validated), when the
-    /// view carried a spec and the container is not denied.
+    /// view carried a spec and the container is not denied. From
+    /// [`PluginHost::on_create_json`]: only when edits changed it (the
+    /// caller has the spec it sent).
     pub spec: Option<Spec>,
-    /// The view after all edits.
-    pub view: ContainerView,
+    /// The edited spec's JSON when enforced edits changed it and the
+    /// container is not denied (what [`Self::spec`] serializes to).
+    pub edited_json: Option<Value>,
+    /// The view the last plugin saw; [`Self::view`] is the view after all
+    /// edits.
+    seen: ContainerView,
+    /// The spec's JSON after all edits, when the last edits are not in
+    /// `seen` yet.
+    unseen: Option<Value>,
     pub reports: Vec<HookReport>,
 }
 
 impl Decision {
+    /// The final spec's annotations, sorted by key (for the lifecycle
+    /// hooks).
+    pub fn annotations(&self) -> Vec<(String, String)> {
+        match &self.unseen {
+            Some(value) => view::annotations(value),
+            None => self
+                .seen
+                .annotations
+                .iter()
+                .map(|kv| (kv.key.clone(), kv.value.clone()))
+                .collect(),
+        }
+    }
+
+    /// The view after all edits (built now if the last plugin's edits are
+    /// not in the view it saw: the chain does not build a view no plugin
+    /// sees).
+    pub fn view(&self) -> ContainerView {
+        match &self.unseen {
+            Some(value) => view::build(&self.seen.id, value, &view::context_of(&self.seen)),
+            None => self.seen.clone(),
+        }
+    }
+
     pub fn denial(&self) -> Option<&Denial> {
         self.denial.as_ref()
     }
@@ -323,41 +367,84 @@ impl PluginHost {
         match serde_json::to_value(spec) {
             Ok(value) => {
                 let view = view::build(id, &value, ctx);
-                self.create_hooks(view, Some(value), Some(spec.clone()))
+                let mut d = self.create_hooks(view, Some(value));
+                if d.denial.is_none() && d.spec.is_none() {
+                    d.spec = Some(spec.clone());
+                }
+                d
             }
             Err(_) => self.on_create(&view::from_spec(id, spec, ctx)),
         }
+    }
+
+    /// Runs every create hook on the container `id` whose spec is the JSON
+    /// text `spec_json` (a bundle's `config.json`, as the plugin service
+    /// gets it): parsed once, as an OCI spec (which fills in what the
+    /// runtime would default, so the plugins see what would run), then
+    /// handled as JSON. The decision's `spec` and `edited_json` are set
+    /// only when edits changed the spec. Err: why the text is not a spec.
+    pub fn on_create_json(
+        &self,
+        id: &str,
+        spec_json: &[u8],
+        ctx: &ContainerContext,
+    ) -> Result<Decision, String> {
+        // Without serde_path_to_error's bookkeeping: the path is looked up
+        // only for the message of a spec that does not parse.
+        let spec: Spec = match serde_json::from_slice(spec_json) {
+            Ok(spec) => spec,
+            Err(e) => {
+                return Err(match husk_runtime::spec::parse(spec_json) {
+                    Err(reason) => reason,
+                    Ok(_) => e.to_string(),
+                })
+            }
+        };
+        let value = serde_json::to_value(&spec).map_err(|e| e.to_string())?;
+        let view = view::build(id, &value, ctx);
+        Ok(self.create_hooks(view, Some(value)))
     }
 
     /// Runs every create hook, in order, on `view`. Edits are applied to the
     /// spec in `view.spec_json` (when it parses) and validated per plugin.
     pub fn on_create(&self, view: &ContainerView) -> Decision {
         let spec_value: Option<Value> = serde_json::from_str(&view.spec_json).ok();
-        let spec: Option<Spec> = spec_value
-            .as_ref()
-            .and_then(|v| serde_json::from_value(v.clone()).ok());
-        self.create_hooks(view.clone(), spec_value, spec)
+        let spec: Option<Spec> = spec_value.as_ref().and_then(|v| Spec::deserialize(v).ok());
+        let mut d = self.create_hooks(view.clone(), spec_value);
+        if d.denial.is_none() && d.spec.is_none() {
+            d.spec = spec;
+        }
+        d
     }
 
     /// The create hooks on `view`, whose spec is `spec_value` (as JSON, the
-    /// form edits are applied to) and `spec`.
-    fn create_hooks(
-        &self,
-        mut view: ContainerView,
-        mut spec_value: Option<Value>,
-        mut spec: Option<Spec>,
-    ) -> Decision {
+    /// form edits are applied to). The decision's `spec` is set only when
+    /// edits were applied.
+    fn create_hooks(&self, mut view: ContainerView, mut spec_value: Option<Value>) -> Decision {
         let registry = self.current.load_full();
-        let ctx = view::context_of(&view);
         let mut edits = Vec::new();
         let mut reports = Vec::new();
         let mut denial = None;
+        // The spec before the first applied edit, to tell whether the
+        // edits changed it; the typed spec of the last applied edits (set:
+        // `spec_value` is validated).
+        let mut original: Option<Value> = None;
+        let mut spec: Option<Spec> = None;
+        // The view lags the spec's last edits: rebuilt only before a plugin
+        // that sees it.
+        let mut view_behind = false;
 
         for plugin in &registry.plugins {
-            if !plugin.hooks().contains(&Hook::Create) {
+            if !plugin.has_hook(Hook::Create) {
                 continue;
             }
             let cfg = plugin.config();
+            if view_behind {
+                if let Some(value) = &spec_value {
+                    view = view::build(&view.id, value, &view::context_of(&view));
+                }
+                view_behind = false;
+            }
             let started = Instant::now();
             let result = match plugin {
                 Plugin::Wasm(p) => p.on_create(&self.ticker, &view),
@@ -368,8 +455,18 @@ impl PluginHost {
             // plugin's failure.
             let result = result.and_then(|verdict| match verdict {
                 Verdict::Mutate(list) if cfg.mode == Mode::Enforce => match &spec_value {
-                    Some(v) => mutation::apply_value(v.clone(), &list)
-                        .map(|applied| (Verdict::Mutate(list), Some(applied)))
+                    Some(v) => mutation::apply_edits(v.clone(), &list)
+                        .and_then(|edited| {
+                            // Edits that leave a spec the chain already
+                            // validated as it was (a later policy asking
+                            // for what an earlier one did): validating it
+                            // again would give the same answer.
+                            if spec.is_some() && edited == *v {
+                                return Ok(None);
+                            }
+                            mutation::check(&edited, &list).map(|typed| Some((edited, typed)))
+                        })
+                        .map(|applied| (Verdict::Mutate(list), applied))
                         .map_err(|e| HookFailure::InvalidMutation(e.to_string())),
                     None => Ok((Verdict::Mutate(list), None)),
                 },
@@ -389,9 +486,12 @@ impl PluginHost {
                 (Ok((Verdict::Deny(reason), _)), Mode::Audit) => Outcome::WouldDeny(reason),
                 (Ok((Verdict::Mutate(list), applied)), Mode::Enforce) => {
                     if let Some((value, new_spec)) = applied {
-                        view = view::build(&view.id, &value, &ctx);
-                        spec_value = Some(value);
+                        let before = spec_value.replace(value);
+                        if original.is_none() {
+                            original = before;
+                        }
                         spec = Some(new_spec);
+                        view_behind = true;
                     }
                     edits.extend(list.iter().map(|e| (cfg.name.clone(), e.clone())));
                     Outcome::Mutated(list)
@@ -432,11 +532,18 @@ impl PluginHost {
                 break;
             }
         }
+        let changed = match (&original, &spec_value) {
+            (Some(before), Some(after)) => before != after,
+            _ => false,
+        };
+        let allowed = denial.is_none();
         Decision {
-            spec: if denial.is_none() { spec } else { None },
+            spec: spec.filter(|_| allowed),
+            edited_json: spec_value.as_ref().filter(|_| allowed && changed).cloned(),
             denial,
             edits,
-            view,
+            unseen: spec_value.filter(|_| view_behind),
+            seen: view,
             reports,
         }
     }
@@ -466,7 +573,7 @@ impl PluginHost {
         let registry = self.current.load_full();
         let mut reports = Vec::new();
         for plugin in &registry.plugins {
-            if !plugin.hooks().contains(&hook) {
+            if !plugin.has_hook(hook) {
                 continue;
             }
             let started = Instant::now();
@@ -494,7 +601,12 @@ fn log_outcome(plugin: &str, container: &str, elapsed: Duration, outcome: &Outco
         Outcome::Allowed | Outcome::Ran => {
             tracing::debug!(plugin, container, ?elapsed, ?outcome, "plugin hook")
         }
-        Outcome::Mutated(_) => tracing::info!(plugin, container, ?elapsed, ?outcome, "plugin hook"),
+        // Debug like an allow: a create's edits are reported to its caller
+        // (`husk-policy.json`), and an info line per plugin and create was
+        // a measurable part of what plugins add to a create.
+        Outcome::Mutated(_) => {
+            tracing::debug!(plugin, container, ?elapsed, ?outcome, "plugin hook")
+        }
         Outcome::Denied(reason) => {
             tracing::warn!(plugin, container, reason, "container denied by policy")
         }

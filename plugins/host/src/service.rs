@@ -41,6 +41,7 @@ use crate::protocol::{
 };
 use crate::registry::{HookReport, Outcome};
 use crate::{endpoint, mutation, ContainerContext, Error, PluginHost};
+use serde_json::Value;
 
 /// Exit after this long without a request (`--idle-timeout`,
 /// `$HUSK_PLUGIND_IDLE_TIMEOUT`; 0: never).
@@ -450,8 +451,13 @@ impl Service {
             Ok(h) => h,
             Err(e) => return config_error(&req.config, e),
         };
-        let spec = match husk_runtime::spec::parse(req.spec_json.as_bytes()) {
-            Ok(s) => s,
+        let ctx = ContainerContext {
+            runtime: req.runtime,
+            hardened: req.hardened,
+            ..Default::default()
+        };
+        let decision = match host.on_create_json(&req.id, req.spec_json.as_bytes(), &ctx) {
+            Ok(d) => d,
             Err(reason) => {
                 return Reply::error(
                     ErrorKind::Spec,
@@ -459,24 +465,7 @@ impl Service {
                 )
             }
         };
-        let ctx = ContainerContext {
-            runtime: req.runtime,
-            hardened: req.hardened,
-            ..Default::default()
-        };
-        let decision = host.on_create_spec(&req.id, &spec, &ctx);
-        let edited = decision.spec.as_ref().filter(|s| **s != spec);
-        let spec_json = match edited.map(serde_json::to_string).transpose() {
-            Ok(json) => json,
-            Err(e) => {
-                return Reply::error(
-                    ErrorKind::Spec,
-                    format!("container {}: serializing the edited spec: {e}", req.id),
-                )
-            }
-        };
-        let annotations =
-            protocol::sorted_annotations(edited.unwrap_or(&spec).annotations().as_ref());
+        let annotations = decision.annotations();
         Reply::Created(CreateReply {
             denial: decision.denial().cloned(),
             edits: decision
@@ -495,7 +484,7 @@ impl Service {
                     note: reason.into(),
                 })
                 .collect(),
-            spec_json,
+            spec_json: decision.edited_json.as_ref().map(Value::to_string),
             annotations,
             reports: reports(&decision.reports),
             no_lifecycle_hooks_while,
@@ -563,28 +552,28 @@ impl Service {
     }
 }
 
-/// The request in `body`, or what is wrong with it.
+/// The request in `body`, or what is wrong with it. Parsed once (a create
+/// carries a whole spec); the version alone is read only to explain a
+/// request that does not parse.
 fn parse_request(body: &[u8]) -> Result<Op, String> {
-    let bad = Err;
+    let wrong_version = |version: u32| {
+        format!(
+            "the request speaks protocol version {version}, this husk-plugind speaks {}; \
+             restart husk-plugind (stop it: the next shim starts the installed one)",
+            protocol::VERSION
+        )
+    };
+    let e = match serde_json::from_slice::<Request>(body) {
+        Ok(r) if r.version == protocol::VERSION => return Ok(r.op),
+        Ok(r) => return Err(wrong_version(r.version)),
+        Err(e) => e,
+    };
     match serde_json::from_slice::<VersionOnly>(body) {
-        Ok(v) if v.version != protocol::VERSION => {
-            return bad(format!(
-                "the request speaks protocol version {}, this husk-plugind speaks {}; \
-                 restart husk-plugind (stop it: the next shim starts the installed one)",
-                v.version,
-                protocol::VERSION
-            ))
-        }
-        Ok(_) => {}
-        Err(e) => {
-            return bad(format!(
-                "bad request: not a husk-plugind request (JSON with \"version\" and \"op\"): {e}"
-            ))
-        }
-    }
-    match serde_json::from_slice::<Request>(body) {
-        Ok(r) => Ok(r.op),
-        Err(e) => bad(format!("bad request: {e}")),
+        Ok(v) if v.version != protocol::VERSION => Err(wrong_version(v.version)),
+        Ok(_) => Err(format!("bad request: {e}")),
+        Err(e) => Err(format!(
+            "bad request: not a husk-plugind request (JSON with \"version\" and \"op\"): {e}"
+        )),
     }
 }
 

@@ -220,6 +220,14 @@ pub fn from_spec(
     build(id, &value, ctx)
 }
 
+/// A spec's annotations (as JSON) as the view has them: pairs sorted by key.
+pub fn annotations(spec: &Value) -> Vec<(String, String)> {
+    kvs(spec.pointer("/annotations"))
+        .into_iter()
+        .map(|kv| (kv.key, kv.value))
+        .collect()
+}
+
 /// The caller's context recovered from a view (to rebuild it after edits).
 pub fn context_of(view: &ContainerView) -> ContainerContext {
     ContainerContext {

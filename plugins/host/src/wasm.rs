@@ -342,6 +342,14 @@ impl WasmPlugin {
         Ok(())
     }
 
+    /// Whether the component exports `hook`.
+    pub fn exports_hook(&self, hook: Hook) -> bool {
+        match hook {
+            Hook::Create => self.policy.is_some(),
+            Hook::Start | Hook::Exit => self.lifecycle.is_some(),
+        }
+    }
+
     /// The hooks the component exports.
     pub fn exported_hooks(&self) -> Vec<Hook> {
         let mut hooks = Vec::new();
