@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::endpoint;
-use crate::protocol::{self, Op, Reply, Request, ServiceError};
+use crate::protocol::{self, Op, Reply, Request, RequestRef, ServiceError};
 
 /// The daemon binary to start (default: `husk-plugind` beside the caller's
 /// own executable).
@@ -116,14 +116,40 @@ impl Client {
     pub fn call(&self, op: Op) -> Result<Reply, ClientError> {
         let name = op.name();
         let mut stream = self.connect()?;
+        self.write_request(&mut stream, op)?;
+        self.receive(stream, name)
+    }
+
+    /// Sends `op` on a connection of its own if the service serves now,
+    /// without starting it: the reply is then read with [`Self::receive`],
+    /// maybe by another process that inherited the stream (the shim's
+    /// create worker, forked while the service runs the plugins). `Err`
+    /// gives `op` back when nothing serves or the request could not be
+    /// written: [`Self::call`] it, which starts the service (or says why
+    /// it cannot be reached).
+    pub fn send_if_serving(&self, op: Op) -> Result<UnixStream, Op> {
+        let Ok(mut stream) = UnixStream::connect(&self.socket) else {
+            return Err(op);
+        };
+        // Written from a reference: `op` is still there to give back.
+        match protocol::write_frame(&mut stream, &RequestRef::new(&op)) {
+            Ok(()) => Ok(stream),
+            Err(_) => Err(op),
+        }
+    }
+
+    /// The reply to the `op_name` request sent on `stream`.
+    pub fn receive(
+        &self,
+        mut stream: UnixStream,
+        op_name: &'static str,
+    ) -> Result<Reply, ClientError> {
         let died = |detail: String| ClientError::Died {
             socket: self.socket.clone(),
-            op: name,
+            op: op_name,
             detail,
         };
         let _ = stream.set_read_timeout(Some(CALL_TIMEOUT));
-        protocol::write_frame(&mut stream, &Request::new(op))
-            .map_err(|e| died(format!("sending the request: {e}")))?;
         let body = match protocol::read_frame(&mut stream) {
             Ok(Some(body)) => body,
             Ok(None) => return Err(died("the connection closed without a reply".into())),
@@ -142,6 +168,15 @@ impl Client {
             Ok(reply) => Ok(reply),
             Err(e) => Err(died(format!("the reply is not one this client reads: {e}"))),
         }
+    }
+
+    fn write_request(&self, stream: &mut UnixStream, op: Op) -> Result<(), ClientError> {
+        let name = op.name();
+        protocol::write_frame(stream, &Request::new(op)).map_err(|e| ClientError::Died {
+            socket: self.socket.clone(),
+            op: name,
+            detail: format!("sending the request: {e}"),
+        })
     }
 
     /// A connection to the service, starting it if nothing serves.

@@ -43,6 +43,22 @@ impl Request {
     }
 }
 
+/// A [`Request`] to write, borrowing its operation.
+#[derive(Debug, Serialize)]
+pub struct RequestRef<'a> {
+    pub version: u32,
+    pub op: &'a Op,
+}
+
+impl<'a> RequestRef<'a> {
+    pub fn new(op: &'a Op) -> RequestRef<'a> {
+        RequestRef {
+            version: VERSION,
+            op,
+        }
+    }
+}
+
 /// What a shim asks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -334,6 +350,17 @@ mod tests {
         let body = read_frame(&mut r).unwrap().unwrap();
         assert_eq!(serde_json::from_slice::<Request>(&body).unwrap(), req);
         assert!(read_frame(&mut r).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_borrowed_request_is_written_as_an_owned_one() {
+        let op = Op::Preload {
+            config: "/p.toml".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&RequestRef::new(&op)).unwrap(),
+            serde_json::to_string(&Request::new(op)).unwrap()
+        );
     }
 
     #[test]

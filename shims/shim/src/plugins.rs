@@ -203,17 +203,45 @@ fn log_reports(id: &str, reports: &[Report]) {
     }
 }
 
-/// Runs the create hooks of `config` on the bundle's spec, through the
-/// plugin service: a denial is an error naming the plugin and its reason;
-/// edits are written back to `config.json` (validated again by the
-/// service), and edits and audit would-denies to `husk-policy.json`.
-pub fn on_create(
+/// A container's create hooks on their way to the plugin service. The
+/// shim daemon sends the request ([`send_create`]) just before it forks the
+/// create worker, which reads the reply ([`on_create`]): the service runs
+/// the plugins while the worker starts, instead of after.
+pub struct CreateCall {
+    config: PathBuf,
+    id: String,
+    bundle: PathBuf,
+    sent: Sent,
+}
+
+enum Sent {
+    /// The request is written; the reply is read from here.
+    Stream(std::os::unix::net::UnixStream),
+    /// Nothing served the socket: the worker starts the service and asks.
+    Later(Op),
+}
+
+impl CreateCall {
+    /// The connection's descriptor, which the worker must inherit.
+    pub fn fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        match &self.sent {
+            Sent::Stream(s) => Some(s.as_raw_fd()),
+            Sent::Later(_) => None,
+        }
+    }
+}
+
+/// Sends the bundle's spec to the plugin service, to run the create hooks
+/// of `config`, if the service serves now (never waiting to start it:
+/// then the worker does, in [`on_create`]).
+pub fn send_create(
     plugins: &Plugins,
     config: PathBuf,
     id: &str,
     profile: Profile,
     bundle: &Path,
-) -> Result<Binding> {
+) -> Result<CreateCall> {
     let spec_path = bundle.join("config.json");
     let spec_json = std::fs::read_to_string(&spec_path).map_err(|e| {
         ShimError::InvalidArgument(format!(
@@ -228,7 +256,36 @@ pub fn on_create(
         runtime: runtime_name(profile).into(),
         hardened: profile == Profile::Hardened,
     };
-    let reply = match plugins.client.call(Op::Create(request)) {
+    let sent = match plugins.client.send_if_serving(Op::Create(request)) {
+        Ok(stream) => Sent::Stream(stream),
+        Err(op) => Sent::Later(op),
+    };
+    Ok(CreateCall {
+        config,
+        id: id.into(),
+        bundle: bundle.to_owned(),
+        sent,
+    })
+}
+
+/// The create hooks' outcome, from the plugin service: a denial is an
+/// error naming the plugin and its reason; edits are written back to
+/// `config.json` (validated again by the service), and edits and audit
+/// would-denies to `husk-policy.json`.
+pub fn on_create(plugins: &Plugins, call: CreateCall) -> Result<Binding> {
+    let CreateCall {
+        config,
+        id,
+        bundle,
+        sent,
+    } = call;
+    let id = id.as_str();
+    let spec_path = bundle.join("config.json");
+    let answer = match sent {
+        Sent::Stream(stream) => plugins.client.receive(stream, "create"),
+        Sent::Later(op) => plugins.client.call(op),
+    };
+    let reply = match answer {
         Ok(Reply::Created(reply)) => reply,
         Ok(other) => {
             return Err(ShimError::Internal(format!(
@@ -546,7 +603,9 @@ mod tests {
         let create = |toml: &str| {
             let config = tmp.path().join("plugins.toml");
             std::fs::write(&config, toml).unwrap();
-            on_create(&plugins, config, "c1", Profile::Native, &bundle)
+            let call = send_create(&plugins, config, "c1", Profile::Native, &bundle)?;
+            assert!(call.fd().is_none(), "nothing serves the socket");
+            on_create(&plugins, call)
         };
         let plugin = "[[plugin]]\nname = \"gate\"\npath = \"gate.wasm\"\n";
         let e = create(plugin).unwrap_err();

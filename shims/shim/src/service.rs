@@ -296,15 +296,12 @@ fn exit_event(container: &str, p: &Proc) -> ev::TaskExit {
 /// bundle's config.json. A denial is returned as the error.
 fn prepare_spec(
     shim: &Shim,
-    id: &str,
-    bundle: &Path,
-    plugin_config: Option<PathBuf>,
-    profile: Profile,
+    plugin_call: Option<plugins::CreateCall>,
 ) -> Result<Option<plugins::Binding>> {
-    let Some(config) = plugin_config else {
+    let Some(call) = plugin_call else {
         return Ok(None);
     };
-    plugins::on_create(&shim.plugins, config, id, profile, bundle).map(Some)
+    plugins::on_create(&shim.plugins, call).map(Some)
 }
 
 fn need(field: &str, value: &str) -> Result<()> {
@@ -351,12 +348,18 @@ impl TaskService {
         // The daemon keeps the readers and pumps; the worker inherits what
         // the process gets.
         let (pio, mut keep) = io::open(&stdin, &stdout, &stderr, terminal)?;
+        // Sent before the fork: the plugin service runs the create hooks
+        // while the worker starts; the worker reads the verdict.
+        let plugin_call = plugin_config
+            .map(|c| plugins::send_create(&self.shim.plugins, c, &id, profile, &bundle))
+            .transpose()?;
         self.shim.lock().launches_in_flight += 1;
-        let inherited = io_fds(&pio);
+        let mut inherited = io_fds(&pio);
+        inherited.extend(plugin_call.as_ref().and_then(plugins::CreateCall::fd));
         let result = self
             .shim
             .launch("create", &inherited, |shim| {
-                let binding = prepare_spec(shim, &id, &bundle, plugin_config, profile)?;
+                let binding = prepare_spec(shim, plugin_call)?;
                 let mounted = rootfs::mount(&bundle, &mounts)?;
                 let created = (|| {
                     // After the plugins (which cannot undo it) and the
