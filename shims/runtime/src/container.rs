@@ -114,8 +114,9 @@ impl Runtime {
             ));
         }
         let hierarchy = Hierarchy::detect()?;
-        // Slow and independent of what follows: start it now.
-        let sealed_exe = std::thread::spawn(|| SealedExe::current().map(|_| ()));
+        // Slow where a handle is made, and independent of what follows:
+        // start it now.
+        let sealed_exe = SealedExe::prepare_in_background();
         // libseccomp takes milliseconds for Docker's profile (spec::validate
         // checked it already): compile it meanwhile too.
         // (No thread without a profile: a thread's start and exit cost
@@ -233,9 +234,11 @@ impl Runtime {
             hooks::run(HookKind::CreateRuntime, spec.hooks().as_ref(), &json)?;
             Ok(creating.oci_json(Status::Created))
         };
-        sealed_exe
-            .join()
-            .map_err(|_| Error::Init("copying the runtime binary panicked".into()))??;
+        if let Some(preparing) = sealed_exe {
+            preparing
+                .join()
+                .map_err(|_| Error::Init("copying the runtime binary panicked".into()))??;
+        }
         config.seccomp = match seccomp_compiling {
             Some(t) => t
                 .join()

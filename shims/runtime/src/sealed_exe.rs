@@ -42,6 +42,8 @@ pub const INIT_FD_ENV: &str = "_HUSK_INIT_FD";
 /// /proc/self/exe no longer shows ("/" for a detached mount).
 pub const BINARY_ENV: &str = "_HUSK_RUNTIME_BINARY";
 
+static EXE: OnceLock<SealedExe> = OnceLock::new();
+
 pub struct SealedExe {
     /// The read-only mount or the sealed memfd to execute; `None` when
     /// this process already runs from an unwritable binary, so that a copy
@@ -52,7 +54,6 @@ pub struct SealedExe {
 impl SealedExe {
     /// The unwritable handle on the running binary, made once per process.
     pub fn current() -> Result<&'static SealedExe> {
-        static EXE: OnceLock<SealedExe> = OnceLock::new();
         if let Some(exe) = EXE.get() {
             return Ok(exe);
         }
@@ -62,6 +63,20 @@ impl SealedExe {
             Some(handle_on(Path::new("/proc/self/exe"))?)
         };
         Ok(EXE.get_or_init(|| SealedExe { handle }))
+    }
+
+    /// Starts making the handle in a thread, for a caller with other work
+    /// to do meanwhile; `None` when nothing is to be made (this process
+    /// runs sealed, or the handle exists): a thread would cost more.
+    pub fn prepare_in_background() -> Option<std::thread::JoinHandle<Result<()>>> {
+        if EXE.get().is_some() {
+            return None;
+        }
+        if runs_sealed() {
+            EXE.get_or_init(|| SealedExe { handle: None });
+            return None;
+        }
+        Some(std::thread::spawn(|| SealedExe::current().map(|_| ())))
     }
 
     /// Whether this process runs from an unwritable binary already: the
@@ -109,6 +124,8 @@ fn runs_sealed() -> bool {
 /// for every container, as before).
 pub fn reexec_sealed() {
     if runs_sealed() {
+        // Known from here on, in this process and every fork of it.
+        EXE.get_or_init(|| SealedExe { handle: None });
         // The exec through a descriptor named the process after its number.
         let name = binary_path()
             .file_name()

@@ -256,7 +256,7 @@ fn write_renamed(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
         if sync {
             f.sync_all()?;
         }
-        std::fs::rename(&tmp, path)
+        sys::replace_by_rename(&tmp, path)
     })()
     .context(|| format!("write {}", path.display()))
 }

@@ -789,6 +789,34 @@ pub fn sealed_memfd_copy(name: &CStr, source: &Path) -> io::Result<OwnedFd> {
     Ok(memfd)
 }
 
+/// Moves `from` over `to` atomically, as rename(2) does, but an existing
+/// `to` is swapped out (renameat2 RENAME_EXCHANGE) and then unlinked under
+/// the name `from`: ext4 flushes the new file's data to the disk on a
+/// rename that replaces a file (auto_da_alloc; 0.3-0.45 ms of wall time
+/// here), and not on an exchange (0.04 ms). Plain rename where there is
+/// nothing to replace or the filesystem cannot exchange.
+pub fn replace_by_rename(from: &Path, to: &Path) -> io::Result<()> {
+    let (f, t) = (cstr(from)?, cstr(to)?);
+    // SAFETY: both are live C strings.
+    let exchanged = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if exchanged == 0 {
+        return std::fs::remove_file(from);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOENT | libc::EINVAL | libc::ENOSYS) => std::fs::rename(from, to),
+        _ => Err(e),
+    }
+}
+
 /// execveat(fd, "", AT_EMPTY_PATH): executes exactly the file `fd` holds.
 /// Returns only on failure.
 pub fn execveat_empty(

@@ -184,6 +184,8 @@ fn serve(args: &Args, profile: Profile, origin: server::Origin) -> ! {
     }
     init_logging(args, log);
     DAEMON_ARGV.get_or_init(|| args.daemon_argv());
+    // Read once here, inherited by every worker that retitles itself.
+    start::arg_area();
     match server::serve(args, profile, origin) {
         Ok(()) => std::process::exit(0),
         Err(e) => {

@@ -221,7 +221,7 @@ fn hide_start_argument() {
 /// fork of the daemon) must not look like a shim to
 /// whatever counts shims by their command line. Best effort.
 pub fn retitle(title: &str) {
-    let Ok(len) = std::fs::read("/proc/self/cmdline").map(|c| c.len()) else {
+    let Some((_, len)) = arg_area() else {
         return;
     };
     let mut area = vec![0u8; len.saturating_sub(1)];
@@ -230,22 +230,33 @@ pub fn retitle(title: &str) {
     let _ = write_args(0, &area);
 }
 
-/// Writes `bytes` at `offset` into this process's argument area (what
-/// /proc/PID/cmdline shows), its own memory, through /proc/self/mem as
-/// setproctitle(3) does.
+/// This process's argument area (what /proc/PID/cmdline shows): its
+/// address and length, from /proc/self/stat, read once per process. The
+/// daemon reads it as it starts, so a worker, a fork of it, retitles
+/// itself without reading /proc.
+pub fn arg_area() -> Option<(u64, usize)> {
+    static AREA: std::sync::OnceLock<Option<(u64, usize)>> = std::sync::OnceLock::new();
+    *AREA.get_or_init(|| {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields 48 and 49, arg_start and arg_end (fields counted from 1,
+        // the third is the first after the parenthesized command name).
+        let mut fields = stat.get(stat.rfind(')')? + 2..)?.split(' ');
+        let start = fields.nth(48 - 3)?.parse::<u64>().ok()?;
+        let end = fields.next()?.parse::<u64>().ok()?;
+        Some((start, end.checked_sub(start)? as usize))
+    })
+}
+
+/// Writes `bytes` at `offset` into this process's argument area, its own
+/// memory, through /proc/self/mem as setproctitle(3) does.
 fn write_args(offset: usize, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
-    // Field 48 of /proc/self/stat: arg_start (fields counted from 1, the
-    // third is the first after the parenthesized command name).
-    let arg_start = std::fs::read_to_string("/proc/self/stat")?;
-    let arg_start = arg_start
-        .get(arg_start.rfind(')').unwrap_or(0) + 2..)
-        .and_then(|after_comm| after_comm.split(' ').nth(48 - 3)?.parse::<u64>().ok())
-        .ok_or_else(|| std::io::Error::other("no arg_start in /proc/self/stat"))?;
+    let (start, _) =
+        arg_area().ok_or_else(|| std::io::Error::other("no arg_start in /proc/self/stat"))?;
     std::fs::OpenOptions::new()
         .write(true)
         .open("/proc/self/mem")?
-        .write_all_at(bytes, arg_start + offset as u64)
+        .write_all_at(bytes, start + offset as u64)
 }
 
 fn write_bundle_file(bundle: &Path, name: &str, contents: &str) -> Result<()> {
