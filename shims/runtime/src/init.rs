@@ -132,13 +132,14 @@ pub fn main() -> ! {
     std::env::remove_var(INIT_FD_ENV);
     // SAFETY: the runtime passed us this descriptor and nothing else owns it.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    std::process::exit(run(owned))
+    std::process::exit(run(owned, &|| Ok(())))
 }
 
 /// The intermediate as a fork of a runtime that runs sealed (see
 /// `sealed_exe`), with the channel's end `fd`: what `main` does after an
-/// exec. Returns the exit code.
-pub fn run_forked(fd: RawFd) -> i32 {
+/// exec, after `join_cgroup` (the fork joins the container's cgroup v1
+/// hierarchies itself, see `launch`). Returns the exit code.
+pub fn run_forked(fd: RawFd, join_cgroup: &dyn Fn() -> Result<()>) -> i32 {
     // The runtime's log sink is its own: the exec'd intermediate has none.
     let _quiet = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
     if let Ok(name) = std::ffi::CString::new(INIT_PROCESS_NAME) {
@@ -146,13 +147,13 @@ pub fn run_forked(fd: RawFd) -> i32 {
     }
     // SAFETY: launch kept this descriptor for us; nothing else here owns it.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    run(owned)
+    run(owned, join_cgroup)
 }
 
-fn run(fd: OwnedFd) -> i32 {
+fn run(fd: OwnedFd, before: &dyn Fn() -> Result<()>) -> i32 {
     let _ = sys::set_cloexec(fd.as_raw_fd(), true);
     let mut channel = Channel::from_fd(fd);
-    match intermediate(&mut channel) {
+    match before().and_then(|()| intermediate(&mut channel)) {
         Ok(()) => 0,
         Err(e) => {
             let _ = channel.send(&Message::Failed {

@@ -70,13 +70,19 @@ pub fn launch(
                 .collect();
             let plan = sys::ExecPlan::new(&path, &args, &env, fds)
                 .context(|| "prepare the container init's command line".into())?;
-            spawn_in_cgroup(cgroup, |unified| sys::spawn(&plan, unified))?
+            spawn_in_cgroup(cgroup, V1Join::ThreadForks, |unified| {
+                sys::spawn(&plan, unified)
+            })?
         }
-        None => spawn_in_cgroup(cgroup, |unified| {
-            // SAFETY: the only other thread of this process that may run
-            // meanwhile is spawn_in_cgroup's caller, blocked in its join.
-            unsafe { sys::spawn_running(&fds, unified, &|| init::run_forked(child_fd)) }
-        })?,
+        None => {
+            let join_v1 = || cgroup.enter_thread().map(drop).map_err(Error::from);
+            let run = || init::run_forked(child_fd, &join_v1);
+            spawn_in_cgroup(cgroup, V1Join::ChildJoins, |unified| {
+                // SAFETY: this thread is the only one of this process that
+                // runs: the create's other threads have been joined.
+                unsafe { sys::spawn_running(&fds, unified, &run) }
+            })?
+        }
     };
     drop(io);
     drop(child_end);
@@ -102,18 +108,32 @@ pub fn launch(
     result
 }
 
+/// How the intermediate joins the container's cgroup v1 hierarchies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum V1Join {
+    /// A thread of the runtime joins them, forks, and goes back: for an
+    /// intermediate that executes the sealed binary first.
+    ThreadForks,
+    /// The intermediate, a fork that runs our code at once, joins them
+    /// itself (`init::run_forked`): no thread, and no way back to make.
+    ChildJoins,
+}
+
 /// Starts the intermediate already inside the container's cgroup, without
 /// writing its pid to any `cgroup.procs`: such a write takes the kernel's
 /// global threadgroup lock, which waits for an RCU grace period when no
-/// one took it moments before (10-20 ms here). A thread of its own joins
-/// the cgroup v1 hierarchies (threads move alone, without that lock) and
-/// forks the intermediate with clone3's CLONE_INTO_CGROUP for the cgroup2
-/// tree, then goes back where it came from. Before the intermediate
-/// unshares anything, so its cgroup namespace is rooted at the container's
-/// cgroup and every child inherits it. Kernels without CLONE_INTO_CGROUP
-/// (before 5.7) get the cgroup2 part through `cgroup.procs`.
+/// one took it moments before (10-20 ms here). Threads move alone without
+/// that lock, by writing "0" to a v1 hierarchy's `tasks`: either a thread
+/// of ours joins the v1 hierarchies, forks the intermediate and goes back
+/// where it came from, or the forked intermediate joins them itself (see
+/// [`V1Join`]). clone3's CLONE_INTO_CGROUP places it in the cgroup2 tree.
+/// Either way, before the intermediate unshares anything, so its cgroup
+/// namespace is rooted at the container's cgroup and every child inherits
+/// it. Kernels without CLONE_INTO_CGROUP (before 5.7) get the cgroup2 part
+/// through `cgroup.procs`.
 fn spawn_in_cgroup(
     cgroup: &Cgroup,
+    v1: V1Join,
     spawn: impl Fn(Option<BorrowedFd<'_>>) -> std::io::Result<i32> + Sync,
 ) -> Result<i32> {
     let unified = match cgroup.unified_dir() {
@@ -122,40 +142,39 @@ fn spawn_in_cgroup(
         }
         None => None,
     };
+    let spawn_placed = || -> Result<i32> {
+        let spawned = match spawn(unified.as_ref().map(|fd| fd.as_fd())) {
+            Err(e) if unified.is_some() && clone_into_cgroup_unsupported(&e) => {
+                tracing::debug!("clone3 into a cgroup unavailable ({e}); moving the init");
+                spawn(None).map(|pid| (pid, true))
+            }
+            r => r.map(|pid| (pid, false)),
+        };
+        let (pid, move_unified) =
+            spawned.context(|| "start the container init (the sealed runtime binary)".into())?;
+        if move_unified {
+            if let Err(e) = cgroup.add_process_unified(pid) {
+                let _ = sys::kill(pid, libc::SIGKILL);
+                let _ = sys::waitpid(pid, false);
+                return Err(e.into());
+            }
+        }
+        Ok(pid)
+    };
+    if v1 == V1Join::ChildJoins {
+        return spawn_placed();
+    }
     std::thread::scope(|s| {
-        // The stack a forked intermediate runs the init on (sys::spawn_running).
-        std::thread::Builder::new()
-            .stack_size(INIT_STACK_SIZE)
-            .spawn_scoped(s, || -> Result<i32> {
-                let inside = cgroup.enter_thread()?;
-                let spawned = match spawn(unified.as_ref().map(|fd| fd.as_fd())) {
-                    Err(e) if unified.is_some() && clone_into_cgroup_unsupported(&e) => {
-                        tracing::debug!("clone3 into a cgroup unavailable ({e}); moving the init");
-                        spawn(None).map(|pid| (pid, true))
-                    }
-                    r => r.map(|pid| (pid, false)),
-                };
-                inside.leave();
-                let (pid, move_unified) = spawned
-                    .context(|| "start the container init (the sealed runtime binary)".into())?;
-                if move_unified {
-                    if let Err(e) = cgroup.add_process_unified(pid) {
-                        let _ = sys::kill(pid, libc::SIGKILL);
-                        let _ = sys::waitpid(pid, false);
-                        return Err(e.into());
-                    }
-                }
-                Ok(pid)
-            })
-            .map_err(|e| Error::Init(format!("start a thread to spawn the container init: {e}")))?
-            .join()
-            .map_err(|_| Error::Init("starting the container init panicked".into()))?
+        s.spawn(|| -> Result<i32> {
+            let inside = cgroup.enter_thread()?;
+            let spawned = spawn_placed();
+            inside.leave();
+            spawned
+        })
+        .join()
+        .map_err(|_| Error::Init("starting the container init panicked".into()))?
     })
 }
-
-/// A forked intermediate and its init run on a copy of the spawning
-/// thread's stack: as large as a main thread's.
-const INIT_STACK_SIZE: usize = 8 << 20;
 
 /// clone3 or CLONE_INTO_CGROUP unknown to the kernel.
 fn clone_into_cgroup_unsupported(e: &std::io::Error) -> bool {
