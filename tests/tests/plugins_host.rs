@@ -164,6 +164,29 @@ fn every_call_gets_a_fresh_instance() {
     for t in threads {
         t.join().unwrap();
     }
+    // Stores kept past their calls (as the plugin service keeps them until
+    // its reply is sent) are never used again: each call is still fresh,
+    // and kept until the caller drops them; nested keeping gives each
+    // caller its own.
+    let (decisions, spent) = husk_plugins::wasm::keeping_stores(|| {
+        let d1 = host.on_create_spec("k1", &spec(|_| {}), &ctx());
+        let (d2, inner) =
+            husk_plugins::wasm::keeping_stores(|| host.on_create_spec("k2", &spec(|_| {}), &ctx()));
+        assert_eq!(inner.len(), 1);
+        let d3 = host.on_create_spec("k3", &spec(|_| {}), &ctx());
+        [d1, d2, d3]
+    });
+    for d in &decisions {
+        assert!(d.is_allowed(), "{:?}", d.reports);
+    }
+    assert_eq!(spent.len(), 2);
+    drop(spent);
+    let (d, spent) =
+        husk_plugins::wasm::keeping_stores(|| host.on_create_spec("k4", &spec(|_| {}), &ctx()));
+    assert!(d.is_allowed(), "{:?}", d.reports);
+    assert_eq!(spent.len(), 1);
+    // Outside, nothing is kept.
+    assert!(husk_plugins::wasm::keeping_stores(|| ()).1.is_empty());
 }
 
 #[test]

@@ -39,7 +39,8 @@ use crate::protocol::{
     self, CreateReply, CreateRequest, ErrorKind, Exited, FileStamp, Note, Op, Reply, Report,
     Request, Started, VersionOnly,
 };
-use crate::registry::{HookReport, Outcome};
+use crate::registry::{Decision, HookReport, Outcome};
+use crate::wasm::{keeping_stores, SpentStores};
 use crate::{endpoint, mutation, ContainerContext, Error, PluginHost};
 use serde_json::Value;
 
@@ -291,6 +292,14 @@ impl Loaded {
     }
 }
 
+/// What a create leaves (its decision, its calls' stores), kept until the
+/// reply is sent: freeing it, and resetting the stores' pool slots, is not
+/// part of what the shim waits for.
+struct Leftovers(
+    #[allow(dead_code)] Option<Decision>,
+    #[allow(dead_code)] SpentStores,
+);
+
 /// Counts something in flight for as long as it lives.
 struct Counted<'a>(&'a AtomicUsize);
 
@@ -403,15 +412,21 @@ impl Service {
             };
             let _busy = Counted::new(&self.in_flight);
             *self.last_request.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-            let (reply, preload) = match parse_request(&body) {
-                Ok(Op::Preload { config }) => (Reply::Loading, Some(config)),
-                Ok(op) => (self.handle(op), None),
-                Err(why) => (Reply::error(ErrorKind::BadRequest, why), None),
+            let (reply, preload, spent) = match parse_request(&body) {
+                Ok(Op::Preload { config }) => (Reply::Loading, Some(config), None),
+                Ok(Op::Create(req)) => {
+                    let (reply, spent) = self.create(req);
+                    (reply, None, Some(spent))
+                }
+                Ok(op) => (self.handle(op), None, None),
+                Err(why) => (Reply::error(ErrorKind::BadRequest, why), None, None),
             };
             if let Err(e) = protocol::write_frame(&mut stream, &reply) {
                 tracing::debug!(error = %e, "writing a reply");
             }
             let _ = stream.flush();
+            // The create's leftovers go once the shim has its reply.
+            drop(spent);
             if let Some(config) = preload {
                 if let Err(e) = self.host(&config) {
                     tracing::warn!(config = %config.display(), error = %e, "preloading plugins");
@@ -430,7 +445,7 @@ impl Service {
                 Ok(_) => Reply::Loading,
                 Err(e) => config_error(&config, e),
             },
-            Op::Create(req) => self.create(req),
+            Op::Create(req) => self.create(req).0,
             Op::Start { config, event } => match self.host(&config) {
                 Ok(host) => Reply::Notified {
                     reports: reports(&host.on_start(&start_event(&event))),
@@ -446,27 +461,37 @@ impl Service {
         }
     }
 
-    fn create(&self, req: CreateRequest) -> Reply {
+    /// A create's reply, and what is left of the work (the decision, the
+    /// calls' stores), to drop once the reply is sent.
+    fn create(&self, req: CreateRequest) -> (Reply, Leftovers) {
+        let (reply, decision, stores) = self.run_create(req);
+        (reply, Leftovers(decision, stores))
+    }
+
+    fn run_create(&self, req: CreateRequest) -> (Reply, Option<Decision>, SpentStores) {
         let (host, no_lifecycle_hooks_while) = match self.current(&req.config) {
             Ok(h) => h,
-            Err(e) => return config_error(&req.config, e),
+            Err(e) => return (config_error(&req.config, e), None, SpentStores::default()),
         };
         let ctx = ContainerContext {
             runtime: req.runtime,
             hardened: req.hardened,
             ..Default::default()
         };
-        let decision = match host.on_create_json(&req.id, req.spec_json.as_bytes(), &ctx) {
+        let (decision, stores) =
+            keeping_stores(|| host.on_create_json(&req.id, req.spec_json.as_bytes(), &ctx));
+        let decision = match decision {
             Ok(d) => d,
             Err(reason) => {
-                return Reply::error(
+                let reply = Reply::error(
                     ErrorKind::Spec,
                     format!("container {}: config.json: {reason}", req.id),
-                )
+                );
+                return (reply, None, stores);
             }
         };
         let annotations = decision.annotations();
-        Reply::Created(CreateReply {
+        let reply = Reply::Created(CreateReply {
             denial: decision.denial().cloned(),
             edits: decision
                 .edits
@@ -488,7 +513,8 @@ impl Service {
             annotations,
             reports: reports(&decision.reports),
             no_lifecycle_hooks_while,
-        })
+        });
+        (reply, Some(decision), stores)
     }
 
     /// The host for `config`: loaded on first use, reloaded when the config

@@ -413,8 +413,9 @@ impl WasmPlugin {
         let result = instance.and_then(|instance| f(&mut store, &instance));
         let called = started.map(|_| Instant::now());
         // Dropping the store returns the instance's slots to the pool, which
-        // resets them to the pristine image.
-        drop(store);
+        // resets them to the pristine image (now, or once the caller of
+        // `keeping_stores` is done).
+        spend(store);
         if let (Some(p), Some(t0), Some(t1), Some(t2)) = (phases, started, instantiated, called) {
             *p = CallPhases {
                 instantiate: t1 - t0,
@@ -484,6 +485,49 @@ impl WasmPlugin {
                 .call_on_exit(store, event)
         }))
     }
+}
+
+thread_local! {
+    /// Stores of finished calls kept by [`keeping_stores`] on this thread.
+    static KEPT_STORES: std::cell::RefCell<Option<Vec<Store<CallState>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The stores of calls that ended inside [`keeping_stores`]: dropping it
+/// drops them (each resets its pool slot for the next call).
+#[derive(Default)]
+pub struct SpentStores(Vec<Store<CallState>>);
+
+impl SpentStores {
+    /// How many stores are kept.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Runs `f`, keeping the stores of the calls it makes on this thread
+/// instead of dropping them as each call ends: the caller drops them when
+/// it is done (the plugin service, once the shim has its reply), so that
+/// resetting the pool slots (a `PAGEMAP_SCAN` of each memory and a copy of
+/// the pages the call wrote) is not part of what the caller waits for. A
+/// kept store is never used again: the next call still gets a fresh one.
+pub fn keeping_stores<R>(f: impl FnOnce() -> R) -> (R, SpentStores) {
+    let outer = KEPT_STORES.with(|k| k.replace(Some(Vec::new())));
+    let result = f();
+    let kept = KEPT_STORES.with(|k| k.replace(outer)).unwrap_or_default();
+    (result, SpentStores(kept))
+}
+
+/// Drops `store` now, or keeps it for [`keeping_stores`].
+fn spend(store: Store<CallState>) {
+    KEPT_STORES.with(|k| match k.borrow_mut().as_mut() {
+        Some(kept) => kept.push(store),
+        None => drop(store),
+    });
 }
 
 /// Checks the component's husk:plugin exports and imports: the right
