@@ -119,9 +119,10 @@ fn runs_sealed() -> bool {
 /// the same arguments and environment (plus [`BINARY_ENV`]), unless it
 /// already runs from one. For a long-lived process that starts containers
 /// (a shim): its forks then enter containers without executing anything.
-/// Returns only when no exec happened: running sealed already, or the
-/// handle or the exec failed (logged; the runtime then executes a handle
-/// for every container, as before).
+/// Returns only when no exec happened: running sealed already, no
+/// read-only mount could be made (kernels before 5.12, no CAP_SYS_ADMIN),
+/// or the exec failed (logged); the runtime then executes a handle for
+/// every container.
 pub fn reexec_sealed() {
     if runs_sealed() {
         // Known from here on, in this process and every fork of it.
@@ -143,11 +144,15 @@ pub fn reexec_sealed() {
             return;
         }
     };
-    let handle = match handle_on(exe) {
+    // A mount only: a sealed memfd copy would keep the whole binary in
+    // memory for as long as this process lives, once per process. Without
+    // one, every container's intermediate executes a memfd copy instead,
+    // which lives as long as that exec.
+    let handle = match sys::readonly_detached_mount(exe) {
         Ok(fd) => fd,
         Err(e) => {
-            tracing::warn!(
-                "no unwritable handle on {}: {e}; running unsealed",
+            tracing::debug!(
+                "no read-only mount of {} ({e}); running unsealed",
                 binary.display()
             );
             return;
