@@ -159,18 +159,7 @@ fn shim_daemon_runs_from_a_read_only_handle() {
     let pids = shim_pids(&env.ctd);
     assert_eq!(pids.len(), 1, "one shim for one container: {pids:?}");
     let exe = format!("/proc/{}/exe", pids[0]);
-    let read_only = {
-        let path = std::ffi::CString::new(exe.as_str()).unwrap();
-        // SAFETY: statvfs is plain data, path a live C string.
-        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: as above; stat is a valid out-struct.
-        assert_eq!(
-            unsafe { libc::statvfs(path.as_ptr(), &mut stat) },
-            0,
-            "statvfs {exe}"
-        );
-        stat.f_flag & libc::ST_RDONLY != 0
-    };
+    let read_only = exe_on_read_only_mount(pids[0]);
     let comm = std::fs::read_to_string(format!("/proc/{}/comm", pids[0])).unwrap();
     let link = std::fs::read_link(&exe).unwrap();
     kill_delete_and_check(&env.ctd, &id);

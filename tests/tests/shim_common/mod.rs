@@ -188,3 +188,15 @@ pub fn children_of(pid: u32) -> Vec<(u32, char)> {
     out.sort();
     out
 }
+
+/// Whether process `pid` runs from a binary on a read-only mount (what a
+/// sealed shim runs from: husk_runtime::sealed_exe).
+pub fn exe_on_read_only_mount(pid: u32) -> bool {
+    let exe = std::ffi::CString::new(format!("/proc/{pid}/exe")).unwrap();
+    // SAFETY: statvfs is plain data; all zeros is a valid value.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: exe is a live C string and stat a valid out-struct.
+    let r = unsafe { libc::statvfs(exe.as_ptr(), &mut stat) };
+    assert_eq!(r, 0, "statvfs /proc/{pid}/exe");
+    stat.f_flag & libc::ST_RDONLY != 0
+}
