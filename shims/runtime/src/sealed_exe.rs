@@ -173,7 +173,8 @@ pub fn reexec_sealed() {
 /// The path of the running binary on disk (what /proc/self/exe names,
 /// unless [`reexec_sealed`] replaced it with a handle).
 pub fn binary_path() -> PathBuf {
-    if let Some(path) = std::env::var_os(BINARY_ENV).filter(|_| runs_sealed()) {
+    let sealed = EXE.get().map_or_else(runs_sealed, SealedExe::runs_sealed);
+    if let Some(path) = std::env::var_os(BINARY_ENV).filter(|_| sealed) {
         return PathBuf::from(path);
     }
     std::fs::read_link("/proc/self/exe").unwrap_or_default()
