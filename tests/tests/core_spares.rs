@@ -207,6 +207,12 @@ fn overlays_under(dir: &std::path::Path) -> Vec<(String, bool)> {
         .collect()
 }
 
+/// No overlay is mounted under `dir`.
+fn assert_no_overlays(dir: &std::path::Path) {
+    let left = overlays_under(dir);
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// Waits for a spare other than `not` whose rootfs is mounted ahead.
 fn wait_premounted(d: &Huskd, not: Option<&str>) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -299,11 +305,7 @@ fn a_spare_comes_with_the_last_images_rootfs_mounted_and_leaves_none() {
     let last = wait_premounted(&d, None);
     let state = d.state.clone();
     drop(d);
-    assert!(
-        overlays_under(&state).is_empty(),
-        "{:?}",
-        overlays_under(&state)
-    );
+    assert_no_overlays(&state);
     husk_tests::leaks::assert_no_leaks(&last);
 }
 
@@ -315,11 +317,7 @@ fn removing_the_image_unmounts_the_spares_rootfs_and_prune_frees_it() {
     d.husk_ok(&["run", "--rm", IMAGE, "true"]);
     let id = wait_premounted(&d, None);
     d.husk_ok(&["rmi", IMAGE]);
-    assert!(
-        overlays_under(&d.state).is_empty(),
-        "{:?}",
-        overlays_under(&d.state)
-    );
+    assert_no_overlays(&d.state);
     let out = d.husk_ok(&["--format", "json", "image", "prune"]);
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(
@@ -346,10 +344,6 @@ fn huskd_stopped_while_a_spare_mounts_its_rootfs_leaves_no_mount() {
         d.husk_ok(&["run", "--rm", IMAGE, "true"]);
         let state = d.state.clone();
         drop(d);
-        assert!(
-            overlays_under(&state).is_empty(),
-            "{:?}",
-            overlays_under(&state)
-        );
+        assert_no_overlays(&state);
     }
 }

@@ -435,14 +435,7 @@ fn a_spec_given_as_json_comes_back_only_when_edits_changed_it() {
     // Edits that change nothing (the policy's, on a spec that has them
     // already): nothing to send back either.
     let already = serde_json::to_vec(&spec(|v| {
-        for set in v["process"]["capabilities"]
-            .as_object_mut()
-            .unwrap()
-            .values_mut()
-        {
-            set.as_array_mut().unwrap().retain(|c| c != "CAP_NET_RAW");
-        }
-        v["annotations"] = serde_json::json!({"io.husk.policy": "checked"});
+        with_the_policys_edits(v);
     }))
     .unwrap();
     let d = policy.on_create_json("c1", &already, &ctx()).unwrap();
@@ -486,14 +479,7 @@ fn a_spec_given_as_json_comes_back_only_when_edits_changed_it() {
 #[test]
 fn edits_that_change_nothing_are_still_validated_on_the_spec_as_sent() {
     let invalid_but_edited_already = spec(|v| {
-        for set in v["process"]["capabilities"]
-            .as_object_mut()
-            .unwrap()
-            .values_mut()
-        {
-            set.as_array_mut().unwrap().retain(|c| c != "CAP_NET_RAW");
-        }
-        v["annotations"] = serde_json::json!({"io.husk.policy": "checked"});
+        with_the_policys_edits(v);
         v["process"]["args"] = serde_json::json!([]);
     });
     let d = host(vec![plugin("policy", "rust-policy.wasm")]).on_create_spec(
@@ -508,4 +494,17 @@ fn edits_that_change_nothing_are_still_validated_on_the_spec_as_sent() {
         other => panic!("{other:?}"),
     }
     assert!(d.denial().is_some());
+}
+
+/// What the example policy's edits leave in a spec: no CAP_NET_RAW in any
+/// capability set, and its annotation.
+fn with_the_policys_edits(v: &mut serde_json::Value) {
+    for set in v["process"]["capabilities"]
+        .as_object_mut()
+        .unwrap()
+        .values_mut()
+    {
+        set.as_array_mut().unwrap().retain(|c| c != "CAP_NET_RAW");
+    }
+    v["annotations"] = serde_json::json!({"io.husk.policy": "checked"});
 }
