@@ -116,6 +116,10 @@ fn upper_sync(auto_remove: bool) -> UpperSync {
 /// (a detached start or the end of an attached run starts it earlier).
 const REFILL_AFTER: Duration = Duration::from_millis(100);
 
+/// Where a container's shim records what its policy plugins decided, in
+/// the bundle (the shim's `plugins::DECISION_FILE`).
+pub const POLICY_RECORD: &str = "husk-policy.json";
+
 fn log_path(layout: &Layout, id: &str) -> PathBuf {
     layout.container_dir(id).join("log.jsonl")
 }
@@ -173,9 +177,10 @@ impl Manager {
     }
 
     /// What the shim's policy plugins recorded about a container (edits,
-    /// audit-mode would-denies), when they recorded anything.
+    /// audit-mode would-denies), when they recorded anything (the file is
+    /// missing, or empty as a spare shim's bundle comes, otherwise).
     pub fn policy_record(&self, id: &str) -> Option<serde_json::Value> {
-        let bytes = fs::read(self.layout.bundle(id).join("husk-policy.json")).ok()?;
+        let bytes = fs::read(self.layout.bundle(id).join(POLICY_RECORD)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 

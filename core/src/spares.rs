@@ -432,6 +432,17 @@ impl Spares {
             let _ = fs::remove_dir_all(&dir);
             return Err(e.into());
         }
+        // Likewise the file the shim records its policy plugins' decision
+        // in (written in place; empty: nothing recorded).
+        if plugin_config.is_some() {
+            let record = dir.join(crate::containers::POLICY_RECORD);
+            if let Err(e) =
+                fs::File::create(&record).ctx(|| format!("creating {}", record.display()))
+            {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(e.into());
+            }
+        }
         let r = self.launch_in(bin, &id, &dir, plugin_config).await;
         match r {
             Ok(mut spare) => {

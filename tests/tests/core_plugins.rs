@@ -140,6 +140,66 @@ fn audit_mode_runs_the_container_and_reports_the_would_deny() {
     );
 }
 
+/// A spare shim's bundle comes with an empty `husk-policy.json`, made in
+/// the background like its FIFOs, so that the create writes the policy
+/// plugins' decision in place: a create whose plugins only allow leaves it
+/// empty and reports nothing; edits are recorded in it and reported.
+#[test]
+fn the_decision_record_comes_with_the_spare_and_is_written_in_place() {
+    require_root!();
+    let d = huskd();
+    install(&d, "wat-allow.wasm", &["--name", "allow"]);
+    // The spare started before the install has no record; the next has.
+    d.husk_ok(&["run", "--rm", IMAGE, "true"]);
+    let spares = d.state.join("spares");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let record_in_a_spare = || {
+        std::fs::read_dir(&spares)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.path().join("husk-policy.json").exists())
+    };
+    while !record_in_a_spare() || d.spare_shims().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no spare shim with an empty husk-policy.json"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let record = |id: &str| {
+        std::fs::read_to_string(d.state.join("bundles").join(id).join("husk-policy.json"))
+            .unwrap_or_default()
+    };
+
+    let out = d.husk(&["run", "-d", IMAGE, "sleep", "600"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("policy"), "{}", stderr(&out));
+    let allowed = stdout(&out).trim().to_string();
+    assert_eq!(record(&allowed), "", "nothing to record");
+
+    install(&d, "rust-policy.wasm", &["--name", "security"]);
+    let out = d.husk(&["run", "-d", IMAGE, "sleep", "600"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("policy security: drop-capability CAP_NET_RAW"),
+        "{}",
+        stderr(&out)
+    );
+    let edited = stdout(&out).trim().to_string();
+    let json: serde_json::Value = serde_json::from_str(&record(&edited)).unwrap();
+    assert!(
+        json["edits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["plugin"] == "security" && e["note"] == "drop-capability CAP_NET_RAW"),
+        "{json}"
+    );
+    d.husk_ok(&["rm", "-f", &allowed, &edited]);
+    assert_nothing_left(&d);
+}
+
 #[test]
 fn hot_reload_swaps_a_policy_without_restarting_huskd() {
     require_root!();

@@ -103,17 +103,25 @@ pub fn config_in_start_options(bytes: &[u8]) -> Option<PathBuf> {
 /// Asks the plugin service to load the config named by
 /// `$HUSK_PLUGIN_PRELOAD`, if any, starting the service if nothing serves:
 /// by the first Create, the service runs and has the plugins ready. Fire
-/// and forget, off the caller's thread.
+/// and forget: when the service serves (as for every spare shim after the
+/// first), the request is written and the connection dropped (the service
+/// loads after its answer, read or not); only starting the service takes
+/// a thread, off the caller's.
 pub fn preload(plugins: &Arc<Plugins>) {
     let Some(config) = std::env::var_os(PRELOAD_ENV).filter(|p| !p.is_empty()) else {
         return;
     };
-    let config = PathBuf::from(config);
+    let op = match plugins.client.send_if_serving(Op::Preload {
+        config: PathBuf::from(config),
+    }) {
+        Ok(_sent) => return,
+        Err(op) => op,
+    };
     let client = plugins.client.clone();
     let spawned = std::thread::Builder::new()
         .name("husk-plugin-preload".into())
         .spawn(move || {
-            if let Err(e) = client.call(Op::Preload { config }) {
+            if let Err(e) = client.call(op) {
                 tracing::warn!(%e, "preloading plugins");
             }
         });
@@ -322,8 +330,9 @@ pub fn on_create(plugins: &Plugins, call: CreateCall) -> Result<Binding> {
             audit_denials: &reply.audit_denials,
         };
         let json = serde_json::to_vec_pretty(&record).expect("the record serializes");
-        std::fs::write(&path, json)
-            .map_err(ShimError::io(format!("writing {}", path.display())))?;
+        // In place: under huskd the file comes empty with the spare shim's
+        // bundle (no new inode in the create).
+        rewrite(&path, &json).map_err(ShimError::io(format!("writing {}", path.display())))?;
     }
     if let Some(edited) = &reply.spec_json {
         rewrite(&spec_path, edited.as_bytes()).map_err(ShimError::io(format!(
@@ -340,8 +349,8 @@ pub fn on_create(plugins: &Plugins, call: CreateCall) -> Result<Binding> {
     })
 }
 
-/// Rewrites `path` in place with `bytes`: overwritten from the start, then
-/// cut to their length. Not a new file renamed over it: ext4's
+/// Rewrites `path` in place with `bytes` (creating it if missing):
+/// overwritten from the start, then cut to their length. Not a new file renamed over it: ext4's
 /// `auto_da_alloc` starts writing back a file renamed over another (or
 /// truncated to zero), which cost 0.2-0.9 ms of every create with edits on
 /// this project's machine, where this costs ~20 µs. Not atomic, and no
@@ -350,7 +359,11 @@ pub fn on_create(plugins: &Plugins, call: CreateCall) -> Result<Binding> {
 /// not exist yet).
 fn rewrite(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
     f.write_all(bytes)?;
     f.set_len(bytes.len() as u64)
 }
@@ -503,6 +516,26 @@ mod tests {
             value,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn rewrite_fills_an_existing_file_in_place_or_makes_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("husk-policy.json");
+        rewrite(&path, b"made when missing").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"made when missing");
+        let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
+        rewrite(&path, b"short").unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"short",
+            "cut to the new length"
+        );
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap()),
+            inode,
+            "the same file, not a new one"
+        );
     }
 
     #[test]
