@@ -428,20 +428,20 @@ impl Spares {
         // the create that takes this spare: a new inode costs 0.05-0.3 ms
         // on a churned ext4 without a journal (a scan past recently
         // deleted ones). The create's make_fifos finds them.
-        if let Err(e) = logs::make_fifos(&dir, false) {
-            let _ = fs::remove_dir_all(&dir);
-            return Err(e.into());
-        }
         // Likewise the file the shim records its policy plugins' decision
         // in (written in place; empty: nothing recorded).
-        if plugin_config.is_some() {
-            let record = dir.join(crate::containers::POLICY_RECORD);
-            if let Err(e) =
-                fs::File::create(&record).ctx(|| format!("creating {}", record.display()))
-            {
-                let _ = fs::remove_dir_all(&dir);
-                return Err(e.into());
+        let made = logs::make_fifos(&dir, false).and_then(|()| match plugin_config {
+            Some(_) => {
+                let record = dir.join(crate::containers::POLICY_RECORD);
+                fs::File::create(&record)
+                    .map(drop)
+                    .ctx(|| format!("creating {}", record.display()))
             }
+            None => Ok(()),
+        });
+        if let Err(e) = made {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e.into());
         }
         let r = self.launch_in(bin, &id, &dir, plugin_config).await;
         match r {

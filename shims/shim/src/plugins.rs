@@ -350,11 +350,11 @@ pub fn on_create(plugins: &Plugins, call: CreateCall) -> Result<Binding> {
 }
 
 /// Rewrites `path` in place with `bytes` (creating it if missing):
-/// overwritten from the start, then cut to their length. Not a new file renamed over it: ext4's
-/// `auto_da_alloc` starts writing back a file renamed over another (or
-/// truncated to zero), which cost 0.2-0.9 ms of every create with edits on
-/// this project's machine, where this costs ~20 µs. Not atomic, and no
-/// need: until Create goes on, nothing else
+/// overwritten from the start, then cut to their length. Not a new file
+/// renamed over it: ext4's `auto_da_alloc` starts writing back a file
+/// renamed over another (or truncated to zero), which cost 0.2-0.9 ms of
+/// every create with edits on this project's machine, where this costs
+/// ~20 µs. Not atomic, and no need: until Create goes on, nothing else
 /// reads the file, and after a crash it means nothing (the container does
 /// not exist yet).
 fn rewrite(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
