@@ -116,8 +116,8 @@ fn upper_sync(auto_remove: bool) -> UpperSync {
 /// (a detached start or the end of an attached run starts it earlier).
 const REFILL_AFTER: Duration = Duration::from_millis(100);
 
-/// Where a container's shim records what its policy plugins decided, in
-/// the bundle (the shim's `plugins::DECISION_FILE`).
+/// Where husk-plugind records what a container's policy plugins decided,
+/// in its bundle (`husk_plugin_client::protocol::DECISION_FILE`).
 pub const POLICY_RECORD: &str = "husk-policy.json";
 
 fn log_path(layout: &Layout, id: &str) -> PathBuf {

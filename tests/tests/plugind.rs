@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use core_common::{Huskd, IMAGE};
 use husk_tests::command::stderr_text as stderr;
-use husk_tests::plugin_config::{capability_mask, plugin_file, CAP_NET_RAW_BIT};
+use husk_tests::plugin_config::{capability_mask, plugin_file, PluginsToml, CAP_NET_RAW_BIT};
 use husk_tests::plugind::{self, Plugind};
 use husk_tests::require_root;
 
@@ -270,6 +270,93 @@ fn bad_frames_get_errors_and_the_daemon_keeps_serving() {
     assert!(p.child.try_wait().unwrap().is_none(), "the daemon exited");
     let log = p.log();
     assert!(log.contains("bad frame"), "{log}");
+}
+
+/// A create of protocol 2 names its bundle: the service reads the spec
+/// there and writes the edited spec and husk-policy.json back, and the
+/// reply carries no spec. A shim of the previous release (protocol 1)
+/// still sends the spec and gets the edited one in its reply. A create
+/// with neither, or whose bundle has no spec, gets an error naming it.
+#[test]
+fn a_create_edits_its_bundle_and_a_version_1_create_gets_the_edited_spec() {
+    require_root!();
+    let p = Plugind::start(&[]);
+    let config = PluginsToml::new(p.tmp.path())
+        .plugin("security", "rust-policy.wasm", "")
+        .write(&p.tmp.path().join("plugins.toml"));
+    // The default spec with CAP_NET_RAW, which the policy drops.
+    let mut spec = serde_json::to_value(husk_runtime::spec::default_spec(false)).unwrap();
+    for set in ["bounding", "effective", "permitted"] {
+        spec["process"]["capabilities"][set]
+            .as_array_mut()
+            .unwrap()
+            .push("CAP_NET_RAW".into());
+    }
+    let spec = spec.to_string();
+    let bundle = p.tmp.path().join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    std::fs::write(bundle.join("config.json"), &spec).unwrap();
+    let mut s = UnixStream::connect(&p.socket).unwrap();
+    let mut create = |version: u32, source: serde_json::Value| {
+        let mut fields = serde_json::json!({
+            "config": config, "id": "c1", "runtime": "io.containerd.husk.v2", "hardened": false});
+        fields
+            .as_object_mut()
+            .unwrap()
+            .extend(source.as_object().unwrap().clone());
+        let req = serde_json::json!({"version": version, "op": {"create": fields}});
+        send_raw(&mut s, &frame(req.to_string().as_bytes()));
+        read_reply(&mut s).expect("a reply")
+    };
+
+    let reply = create(2, serde_json::json!({ "bundle": bundle }));
+    let created = &reply["created"];
+    assert!(created.get("spec_json").is_none(), "{reply}");
+    assert!(
+        created["edits"].to_string().contains("CAP_NET_RAW"),
+        "{reply}"
+    );
+    let written = std::fs::read(bundle.join("config.json")).unwrap();
+    let edited = husk_runtime::spec::parse(&written).expect("the written spec parses");
+    let bounding = edited
+        .process()
+        .as_ref()
+        .and_then(|p| p.capabilities().as_ref())
+        .and_then(|c| c.bounding().clone())
+        .unwrap_or_default();
+    assert!(
+        !bounding.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&written)
+    );
+    assert!(
+        !String::from_utf8_lossy(&written).contains("CAP_NET_RAW"),
+        "the edit is not in config.json"
+    );
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("husk-policy.json")).unwrap()).unwrap();
+    assert!(
+        record["edits"].to_string().contains("CAP_NET_RAW"),
+        "{record}"
+    );
+
+    let reply = create(1, serde_json::json!({ "spec_json": spec }));
+    let edited = reply["created"]["spec_json"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no edited spec in a version 1 reply: {reply}"));
+    assert!(!edited.contains("CAP_NET_RAW"), "{edited}");
+    husk_runtime::spec::parse(edited.as_bytes()).expect("the edited spec parses");
+
+    let reply = create(2, serde_json::json!({}));
+    assert_eq!(reply["error"]["kind"], "bad_request", "{reply}");
+    assert!(error_message(&reply).contains("its bundle"), "{reply}");
+    let gone = p.tmp.path().join("no-bundle");
+    let reply = create(2, serde_json::json!({ "bundle": gone }));
+    assert_eq!(reply["error"]["kind"], "bundle", "{reply}");
+    assert!(
+        error_message(&reply).contains("no-bundle/config.json"),
+        "{reply}"
+    );
 }
 
 /// Connecting as another user: refused by the socket's mode, and, should

@@ -124,17 +124,17 @@ impl Client {
     /// without starting it: the reply is then read with [`Self::receive`],
     /// maybe by another process that inherited the stream (the shim's
     /// create worker, forked while the service runs the plugins). `Err`
-    /// gives `op` back when nothing serves or the request could not be
-    /// written: [`Self::call`] it, which starts the service (or says why
-    /// it cannot be reached).
-    pub fn send_if_serving(&self, op: Op) -> Result<UnixStream, Op> {
+    /// gives `op` back (boxed: the unusual path pays for the move) when
+    /// nothing serves or the request could not be written: [`Self::call`]
+    /// it, which starts the service (or says why it cannot be reached).
+    pub fn send_if_serving(&self, op: Op) -> Result<UnixStream, Box<Op>> {
         let Ok(mut stream) = UnixStream::connect(&self.socket) else {
-            return Err(op);
+            return Err(Box::new(op));
         };
         // Written from a reference: `op` is still there to give back.
         match protocol::write_frame(&mut stream, &RequestRef::new(&op)) {
             Ok(()) => Ok(stream),
-            Err(_) => Err(op),
+            Err(_) => Err(Box::new(op)),
         }
     }
 

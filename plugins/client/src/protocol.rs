@@ -4,14 +4,19 @@
 //! A frame is a 4-byte big-endian length and that many bytes of JSON. A
 //! connection carries any number of request/reply pairs, one at a time. A
 //! request names the plugin config it is about (the daemon keeps one warm
-//! host per config) and carries only plain data: the bundle's
-//! `config.json` text as read, the container's id, its runtime; the reply
-//! carries the verdict, the notes for `husk-policy.json`, and the edited
-//! spec only when plugins changed it. The WIT types never cross the
-//! socket: a shim needs neither wasmtime nor the generated bindings.
+//! host per config) and carries only plain data: the container's id, its
+//! runtime and its bundle directory. The service reads the bundle's
+//! `config.json` and writes the edited spec and `husk-policy.json` back
+//! itself, so the spec never crosses the socket (twice, as a string
+//! escaped inside JSON); the reply carries the verdict and the notes the
+//! shim logs. The WIT types never cross the socket: a shim needs neither
+//! wasmtime nor the generated bindings.
 //!
 //! Every request says which protocol [`VERSION`] it speaks; a daemon that
-//! speaks another answers with an error that says to restart it.
+//! speaks none it serves ([`OLDEST_SERVED`] up to [`VERSION`]) answers with
+//! an error that says to restart it. Version 1 differed only in the
+//! create: the request carried the spec's text and the reply the edited
+//! spec, for the shim to write.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
@@ -21,7 +26,19 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+
+/// The oldest version the service still serves: a shim of the previous
+/// release, spare or running, keeps working with a newer service through
+/// an upgrade.
+pub const OLDEST_SERVED: u32 = 1;
+
+/// The bundle's spec, which the service reads at create (protocol 2).
+pub const SPEC_FILE: &str = "config.json";
+/// Written into the bundle by the service when plugins edited the spec or
+/// an audit-mode plugin would have denied it, for huskd (`husk inspect`)
+/// and operators: a [`DecisionRecord`].
+pub const DECISION_FILE: &str = "husk-policy.json";
 
 /// The largest frame either side accepts (a spec with a large seccomp
 /// profile is a few hundred KiB).
@@ -91,8 +108,15 @@ impl Op {
 pub struct CreateRequest {
     pub config: PathBuf,
     pub id: String,
-    /// The bundle's `config.json`, as read.
-    pub spec_json: String,
+    /// The bundle directory, absolute (protocol 2): the service reads its
+    /// [`SPEC_FILE`] and writes the edited spec and [`DECISION_FILE`]
+    /// back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<PathBuf>,
+    /// The bundle's `config.json`, as read (protocol 1, instead of
+    /// `bundle`: the reply carries the edited spec for the shim to write).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_json: Option<String>,
     /// `io.containerd.husk.v2`, `io.containerd.husk-hardened.v2`, ...
     pub runtime: String,
     pub hardened: bool,
@@ -143,7 +167,10 @@ pub struct CreateReply {
     pub edits: Vec<Note>,
     /// Audit-mode would-denies.
     pub audit_denials: Vec<Note>,
-    /// The edited spec, validated again, when the plugins changed it.
+    /// The edited spec, validated again, when the plugins changed it and
+    /// the request carried the spec (protocol 1). A request that names its
+    /// bundle finds the edited spec written there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec_json: Option<String>,
     /// The final spec's annotations, sorted by key (for the lifecycle hooks).
     pub annotations: Vec<(String, String)>,
@@ -212,6 +239,14 @@ pub struct Note {
     pub note: String,
 }
 
+/// What was decided about a container, kept in its bundle as
+/// [`DECISION_FILE`].
+#[derive(Debug, Default, Serialize)]
+pub struct DecisionRecord<'a> {
+    pub edits: &'a [Note],
+    pub audit_denials: &'a [Note],
+}
+
 /// One plugin's part in a hook, for the shim's log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
@@ -241,6 +276,9 @@ pub enum ErrorKind {
     Config,
     /// The container's spec does not parse.
     Spec,
+    /// The bundle's spec cannot be read, or the edited spec or the
+    /// decision record cannot be written there (protocol 2).
+    Bundle,
 }
 
 impl Reply {
@@ -336,7 +374,8 @@ mod tests {
         let req = Request::new(Op::Create(CreateRequest {
             config: "/etc/husk/plugins.toml".into(),
             id: "c1".into(),
-            spec_json: "{\"ociVersion\":\"1.0.2\"}".into(),
+            bundle: Some("/run/husk/bundles/c1".into()),
+            spec_json: None,
             runtime: "io.containerd.husk.v2".into(),
             hardened: false,
         }));

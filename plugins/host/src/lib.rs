@@ -40,9 +40,11 @@
 //! | [`registry`] | the loaded plugins in order; running hooks; verdicts; audit |
 //! | [`reload`] | hot reload on SIGHUP or config change |
 //! | [`service`] | `husk-plugind`: warm hosts per config, serving the [`protocol`] |
+//! | [`bundle`] | the container's bundle at create: its spec read, the decision written back |
 //! | [`protocol`], [`endpoint`], [`client`] | the service's wire format, socket and client (`husk-plugin-client`) |
 
 pub mod bindings;
+pub mod bundle;
 pub mod cache;
 pub mod engine;
 pub mod grants;

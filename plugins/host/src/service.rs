@@ -41,8 +41,7 @@ use crate::protocol::{
 };
 use crate::registry::{Decision, HookReport, Outcome};
 use crate::wasm::{keeping_stores, SpentStores};
-use crate::{endpoint, mutation, ContainerContext, Error, PluginHost};
-use serde_json::Value;
+use crate::{bundle, endpoint, mutation, ContainerContext, Error, PluginHost};
 
 /// Exit after this long without a request (`--idle-timeout`,
 /// `$HUSK_PLUGIND_IDLE_TIMEOUT`; 0: never).
@@ -469,6 +468,28 @@ impl Service {
     }
 
     fn run_create(&self, req: CreateRequest) -> (Reply, Option<Decision>, SpentStores) {
+        let spec_json = match (&req.bundle, req.spec_json) {
+            (Some(bundle), None) => match bundle::read_spec(bundle) {
+                Ok(text) => text,
+                Err(why) => {
+                    let reply =
+                        Reply::error(ErrorKind::Bundle, format!("container {}: {why}", req.id));
+                    return (reply, None, SpentStores::default());
+                }
+            },
+            (None, Some(text)) => text.into_bytes(),
+            _ => {
+                let reply = Reply::error(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "bad request: the create of container {} must carry either its bundle \
+                         (protocol 2) or its spec (protocol 1)",
+                        req.id
+                    ),
+                );
+                return (reply, None, SpentStores::default());
+            }
+        };
         let (host, no_lifecycle_hooks_while) = match self.current(&req.config) {
             Ok(h) => h,
             Err(e) => return (config_error(&req.config, e), None, SpentStores::default()),
@@ -478,8 +499,7 @@ impl Service {
             hardened: req.hardened,
             ..Default::default()
         };
-        let (decision, stores) =
-            keeping_stores(|| host.on_create_json(&req.id, req.spec_json.as_bytes(), &ctx));
+        let (decision, stores) = keeping_stores(|| host.on_create_json(&req.id, &spec_json, &ctx));
         let decision = match decision {
             Ok(d) => d,
             Err(reason) => {
@@ -490,27 +510,51 @@ impl Service {
                 return (reply, None, stores);
             }
         };
-        let annotations = decision.annotations();
+        let edits: Vec<Note> = decision
+            .edits
+            .iter()
+            .map(|(plugin, edit)| Note {
+                plugin: plugin.clone(),
+                note: mutation::describe(edit),
+            })
+            .collect();
+        let audit_denials: Vec<Note> = decision
+            .audit_denials()
+            .into_iter()
+            .map(|(plugin, reason)| Note {
+                plugin: plugin.into(),
+                note: reason.into(),
+            })
+            .collect();
+        let edited_json = decision
+            .edited_json
+            .as_ref()
+            .map(|v| serde_json::to_vec(v).expect("a JSON value serializes"));
+        let mut spec_in_reply = None;
+        match &req.bundle {
+            Some(bundle) if decision.denial().is_none() => {
+                let written = edited_json
+                    .as_deref()
+                    .map_or(Ok(()), |json| bundle::write_spec(bundle, json))
+                    .and_then(|()| bundle::write_decision(bundle, &edits, &audit_denials));
+                if let Err(why) = written {
+                    let reply =
+                        Reply::error(ErrorKind::Bundle, format!("container {}: {why}", req.id));
+                    return (reply, Some(decision), stores);
+                }
+            }
+            Some(_) => {}
+            None => {
+                spec_in_reply =
+                    edited_json.map(|json| String::from_utf8(json).expect("JSON is UTF-8"))
+            }
+        }
         let reply = Reply::Created(CreateReply {
             denial: decision.denial().cloned(),
-            edits: decision
-                .edits
-                .iter()
-                .map(|(plugin, edit)| Note {
-                    plugin: plugin.clone(),
-                    note: mutation::describe(edit),
-                })
-                .collect(),
-            audit_denials: decision
-                .audit_denials()
-                .into_iter()
-                .map(|(plugin, reason)| Note {
-                    plugin: plugin.into(),
-                    note: reason.into(),
-                })
-                .collect(),
-            spec_json: decision.edited_json.as_ref().map(Value::to_string),
-            annotations,
+            edits,
+            audit_denials,
+            spec_json: spec_in_reply,
+            annotations: decision.annotations(),
             reports: reports(&decision.reports),
             no_lifecycle_hooks_while,
         });
@@ -584,18 +628,20 @@ impl Service {
 fn parse_request(body: &[u8]) -> Result<Op, String> {
     let wrong_version = |version: u32| {
         format!(
-            "the request speaks protocol version {version}, this husk-plugind speaks {}; \
+            "the request speaks protocol version {version}, this husk-plugind speaks {} to {}; \
              restart husk-plugind (stop it: the next shim starts the installed one)",
+            protocol::OLDEST_SERVED,
             protocol::VERSION
         )
     };
+    let served = protocol::OLDEST_SERVED..=protocol::VERSION;
     let e = match serde_json::from_slice::<Request>(body) {
-        Ok(r) if r.version == protocol::VERSION => return Ok(r.op),
+        Ok(r) if served.contains(&r.version) => return Ok(r.op),
         Ok(r) => return Err(wrong_version(r.version)),
         Err(e) => e,
     };
     match serde_json::from_slice::<VersionOnly>(body) {
-        Ok(v) if v.version != protocol::VERSION => Err(wrong_version(v.version)),
+        Ok(v) if !served.contains(&v.version) => Err(wrong_version(v.version)),
         Ok(_) => Err(format!("bad request: {e}")),
         Err(e) => Err(format!(
             "bad request: not a husk-plugind request (JSON with \"version\" and \"op\"): {e}"

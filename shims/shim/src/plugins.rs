@@ -41,9 +41,6 @@ pub const CONFIG_ENV: &str = "HUSK_PLUGIN_CONFIG";
 pub const PRELOAD_ENV: &str = "HUSK_PLUGIN_PRELOAD";
 /// containerd's generic runtime options (`runtimeoptions.v1.Options`).
 const RUNTIME_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
-/// Written into the bundle when plugins edited the spec or an audit-mode
-/// plugin would have denied it, for huskd (`husk inspect`) and operators.
-pub const DECISION_FILE: &str = "husk-policy.json";
 
 /// The plugin config for a task created with `options`.
 pub fn config_path(options: Option<&Any>) -> Result<Option<PathBuf>> {
@@ -115,7 +112,7 @@ pub fn preload(plugins: &Arc<Plugins>) {
         config: PathBuf::from(config),
     }) {
         Ok(_sent) => return,
-        Err(op) => op,
+        Err(op) => *op,
     };
     let client = plugins.client.clone();
     let spawned = std::thread::Builder::new()
@@ -171,13 +168,6 @@ impl Plugins {
         *running -= 1;
         self.hook_done.notify_all();
     }
-}
-
-/// What was decided about a container, kept in its bundle.
-#[derive(Debug, Default, Serialize)]
-struct DecisionRecord<'a> {
-    edits: &'a [husk_plugin_client::protocol::Note],
-    audit_denials: &'a [husk_plugin_client::protocol::Note],
 }
 
 /// The runtime name plugins see for this shim binary.
@@ -240,9 +230,10 @@ impl CreateCall {
     }
 }
 
-/// Sends the bundle's spec to the plugin service, to run the create hooks
-/// of `config`, if the service serves now (never waiting to start it:
-/// then the worker does, in [`on_create`]).
+/// Asks the plugin service to run the create hooks of `config` on the
+/// bundle, if the service serves now (never waiting to start it: then the
+/// worker does, in [`on_create`]). The service reads the bundle's spec
+/// itself.
 pub fn send_create(
     plugins: &Plugins,
     config: PathBuf,
@@ -250,36 +241,37 @@ pub fn send_create(
     profile: Profile,
     bundle: &Path,
 ) -> Result<CreateCall> {
-    let spec_path = bundle.join("config.json");
-    let spec_json = std::fs::read_to_string(&spec_path).map_err(|e| {
+    // The service's working directory is not the shim's.
+    let bundle = std::path::absolute(bundle).map_err(|e| {
         ShimError::InvalidArgument(format!(
-            "cannot read {}: {e}; is this an OCI bundle directory?",
-            spec_path.display()
+            "the bundle path {} cannot be made absolute: {e}",
+            bundle.display()
         ))
     })?;
     let request = CreateRequest {
         config: config.clone(),
         id: id.into(),
-        spec_json,
+        bundle: Some(bundle.clone()),
+        spec_json: None,
         runtime: runtime_name(profile).into(),
         hardened: profile == Profile::Hardened,
     };
     let sent = match plugins.client.send_if_serving(Op::Create(request)) {
         Ok(stream) => Sent::Stream(stream),
-        Err(op) => Sent::Later(op),
+        Err(op) => Sent::Later(*op),
     };
     Ok(CreateCall {
         config,
         id: id.into(),
-        bundle: bundle.to_owned(),
+        bundle,
         sent,
     })
 }
 
 /// The create hooks' outcome, from the plugin service: a denial is an
-/// error naming the plugin and its reason; edits are written back to
-/// `config.json` (validated again by the service), and edits and audit
-/// would-denies to `husk-policy.json`.
+/// error naming the plugin and its reason. The service has written the
+/// edits (validated again) to the bundle's `config.json`, and the edits
+/// and audit would-denies to its `husk-policy.json`.
 pub fn on_create(plugins: &Plugins, call: CreateCall) -> Result<Binding> {
     let CreateCall {
         config,
@@ -288,7 +280,6 @@ pub fn on_create(plugins: &Plugins, call: CreateCall) -> Result<Binding> {
         sent,
     } = call;
     let id = id.as_str();
-    let spec_path = bundle.join("config.json");
     let answer = match sent {
         Sent::Stream(stream) => plugins.client.receive(stream, "create"),
         Sent::Later(op) => plugins.client.call(op),
@@ -303,7 +294,7 @@ pub fn on_create(plugins: &Plugins, call: CreateCall) -> Result<Binding> {
         Err(ClientError::Service(e)) => {
             return Err(ShimError::InvalidArgument(e.message));
         }
-        Err(e) => return unavailable(config, id, &spec_path, &e),
+        Err(e) => return unavailable(config, id, &bundle.join(protocol::SPEC_FILE), &e),
     };
     log_reports(id, &reply.reports);
     if let Some(denial) = &reply.denial {
@@ -323,23 +314,6 @@ pub fn on_create(plugins: &Plugins, call: CreateCall) -> Result<Binding> {
             "audit: would deny"
         );
     }
-    if !reply.edits.is_empty() || !reply.audit_denials.is_empty() {
-        let path = bundle.join(DECISION_FILE);
-        let record = DecisionRecord {
-            edits: &reply.edits,
-            audit_denials: &reply.audit_denials,
-        };
-        let json = serde_json::to_vec_pretty(&record).expect("the record serializes");
-        // In place: under huskd the file comes empty with the spare shim's
-        // bundle (no new inode in the create).
-        rewrite(&path, &json).map_err(ShimError::io(format!("writing {}", path.display())))?;
-    }
-    if let Some(edited) = &reply.spec_json {
-        rewrite(&spec_path, edited.as_bytes()).map_err(ShimError::io(format!(
-            "writing the edited {}",
-            spec_path.display()
-        )))?;
-    }
     Ok(Binding {
         config,
         annotations: reply.annotations,
@@ -347,25 +321,6 @@ pub fn on_create(plugins: &Plugins, call: CreateCall) -> Result<Binding> {
         exit_before_start: None,
         no_lifecycle_hooks_while: reply.no_lifecycle_hooks_while,
     })
-}
-
-/// Rewrites `path` in place with `bytes` (creating it if missing):
-/// overwritten from the start, then cut to their length. Not a new file
-/// renamed over it: ext4's `auto_da_alloc` starts writing back a file
-/// renamed over another (or truncated to zero), which cost 0.2-0.9 ms of
-/// every create with edits on this project's machine, where this costs
-/// ~20 µs. Not atomic, and no need: until Create goes on, nothing else
-/// reads the file, and after a crash it means nothing (the container does
-/// not exist yet).
-fn rewrite(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)?;
-    f.write_all(bytes)?;
-    f.set_len(bytes.len() as u64)
 }
 
 /// The service could not be used for a create: the config's on-error
@@ -516,26 +471,6 @@ mod tests {
             value,
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn rewrite_fills_an_existing_file_in_place_or_makes_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("husk-policy.json");
-        rewrite(&path, b"made when missing").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"made when missing");
-        let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
-        rewrite(&path, b"short").unwrap();
-        assert_eq!(
-            std::fs::read(&path).unwrap(),
-            b"short",
-            "cut to the new length"
-        );
-        assert_eq!(
-            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap()),
-            inode,
-            "the same file, not a new one"
-        );
     }
 
     #[test]
