@@ -431,6 +431,17 @@ fn a_spec_given_as_json_comes_back_only_when_edits_changed_it() {
         .bounding
         .contains(&"CAP_NET_RAW".to_string()));
     assert!(view.annotations.iter().any(|a| a.key == "io.husk.policy"));
+    // As text: serialized now (no plugin saw the last edits), or, with a
+    // second plugin that saw them, the view's own `spec-json`.
+    assert_eq!(d.edited_text().unwrap(), edited.to_string());
+    let two = host(vec![
+        plugin("policy", "rust-policy.wasm"),
+        plugin("again", "wat-policy.wasm"),
+    ]);
+    let d = two.on_create_json("c1", &text, &ctx()).unwrap();
+    let edited = d.edited_json.as_ref().expect("edited");
+    assert_eq!(d.edited_text().unwrap(), edited.to_string());
+    assert_eq!(d.edited_text().unwrap(), d.view().spec_json);
 
     // Edits that change nothing (the policy's, on a spec that has them
     // already): nothing to send back either.

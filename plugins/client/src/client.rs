@@ -120,8 +120,8 @@ impl Client {
         self.receive(stream, name)
     }
 
-    /// Sends `op` on a connection of its own if the service serves now,
-    /// without starting it: the reply is then read with [`Self::receive`],
+    /// Sends `op` on a connection of its own, as its only request, if the
+    /// service serves now, without starting it: the reply is then read with [`Self::receive`],
     /// maybe by another process that inherited the stream (the shim's
     /// create worker, forked while the service runs the plugins). `Err`
     /// gives `op` back (boxed: the unusual path pays for the move) when
@@ -133,7 +133,13 @@ impl Client {
         };
         // Written from a reference: `op` is still there to give back.
         match protocol::write_frame(&mut stream, &RequestRef::new(&op)) {
-            Ok(()) => Ok(stream),
+            // The only request on this connection: said at once, so the
+            // service, after its reply, finds the end of the stream
+            // without waiting to be woken for it.
+            Ok(()) => {
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                Ok(stream)
+            }
             Err(_) => Err(Box::new(op)),
         }
     }

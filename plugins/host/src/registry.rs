@@ -165,6 +165,17 @@ impl Decision {
         }
     }
 
+    /// [`Self::edited_json`] as text: the last view's `spec-json` when
+    /// that view already shows every edit (it was serialized for the
+    /// plugins), else serialized now.
+    pub fn edited_text(&self) -> Option<std::borrow::Cow<'_, str>> {
+        let edited = self.edited_json.as_ref()?;
+        Some(match &self.unseen {
+            None => std::borrow::Cow::Borrowed(self.seen.spec_json.as_str()),
+            Some(_) => std::borrow::Cow::Owned(edited.to_string()),
+        })
+    }
+
     pub fn denial(&self) -> Option<&Denial> {
         self.denial.as_ref()
     }

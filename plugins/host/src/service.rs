@@ -526,16 +526,13 @@ impl Service {
                 note: reason.into(),
             })
             .collect();
-        let edited_json = decision
-            .edited_json
-            .as_ref()
-            .map(|v| serde_json::to_vec(v).expect("a JSON value serializes"));
+        let edited = decision.edited_text();
         let mut spec_in_reply = None;
         match &req.bundle {
             Some(bundle) if decision.denial().is_none() => {
-                let written = edited_json
+                let written = edited
                     .as_deref()
-                    .map_or(Ok(()), |json| bundle::write_spec(bundle, json))
+                    .map_or(Ok(()), |json| bundle::write_spec(bundle, json.as_bytes()))
                     .and_then(|()| bundle::write_decision(bundle, &edits, &audit_denials));
                 if let Err(why) = written {
                     let reply =
@@ -544,10 +541,7 @@ impl Service {
                 }
             }
             Some(_) => {}
-            None => {
-                spec_in_reply =
-                    edited_json.map(|json| String::from_utf8(json).expect("JSON is UTF-8"))
-            }
+            None => spec_in_reply = edited.map(std::borrow::Cow::into_owned),
         }
         let reply = Reply::Created(CreateReply {
             denial: decision.denial().cloned(),

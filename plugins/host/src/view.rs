@@ -87,7 +87,10 @@ fn namespace_kind(s: &str) -> Option<NamespaceKind> {
 /// mutations are applied to) and the caller's context.
 pub fn build(id: &str, spec: &Value, ctx: &ContainerContext) -> ContainerView {
     let p = |ptr: &str| spec.pointer(ptr);
-    let proc_ = |ptr: &str| spec.pointer(&format!("/process{ptr}"));
+    // Looked up under `process` (and `linux/resources`) once, not by a
+    // whole path each: no pointer string is built per field.
+    let process = spec.get("process");
+    let proc_ = |ptr: &str| process.and_then(|v| v.pointer(ptr));
     let annotations = kvs(p("/annotations"));
     let find = |keys: &[&str]| {
         keys.iter()
@@ -168,7 +171,8 @@ pub fn build(id: &str, spec: &Value, ctx: &ContainerContext) -> ContainerView {
                 .collect()
         })
         .unwrap_or_default();
-    let r = |ptr: &str| p(&format!("/linux/resources{ptr}"));
+    let limits = p("/linux/resources");
+    let r = |ptr: &str| limits.and_then(|v| v.pointer(ptr));
     let resources = Resources {
         memory_limit: r("/memory/limit").and_then(Value::as_i64),
         memory_swap: r("/memory/swap").and_then(Value::as_i64),
