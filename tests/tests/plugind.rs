@@ -123,6 +123,89 @@ fn a_killed_service_is_started_again_by_the_next_create() {
     assert_eq!(serving_lines(&socket), 2);
 }
 
+/// Release 1's husk-plugind, as far as a newer client sees it: it refuses
+/// every request of another version with its words, and on SIGTERM
+/// unlinks its socket and exits. (A stand-in: CI does not build the
+/// previous release.)
+const RELEASE_1_SERVICE: &str = r#"
+import json, os, signal, socket, struct, sys
+path = sys.argv[1]
+s = socket.socket(socket.AF_UNIX)
+s.bind(path)
+os.chmod(path, 0o600)
+s.listen(16)
+def bye(*_):
+    os.unlink(path)
+    os._exit(0)
+signal.signal(signal.SIGTERM, bye)
+print("serving", flush=True)
+while True:
+    c, _ = s.accept()
+    try:
+        while True:
+            h = c.recv(4, socket.MSG_WAITALL)
+            if len(h) < 4:
+                break
+            req = json.loads(c.recv(struct.unpack(">I", h)[0], socket.MSG_WAITALL))
+            msg = ("the request speaks protocol version %s, this husk-plugind speaks 1; "
+                   "restart husk-plugind (stop it: the next shim starts the installed one)"
+                   % req.get("version"))
+            out = json.dumps({"error": {"kind": "bad_request", "message": msg}}).encode()
+            c.sendall(struct.pack(">I", len(out)) + out)
+    except OSError:
+        pass
+    c.close()
+"#;
+
+/// After an upgrade the service on the socket may be the previous
+/// release's, which refuses this protocol version (and, kept alive by the
+/// requests it refuses, would never idle out). The next create stops it
+/// and starts the installed husk-plugind, and runs under the policy.
+#[test]
+fn an_older_service_is_replaced_by_the_installed_one() {
+    require_root!();
+    let d = huskd_with_policy();
+    let socket = socket_of(&d);
+    run_under_policy(&d);
+    // Under the starters' lock: a spare shim's preload cannot start the
+    // installed one between the stop and the stand-in's bind.
+    let lock = std::fs::File::create(socket.with_extension("lock")).unwrap();
+    lock.lock().unwrap();
+    plugind::stop(&socket);
+    assert!(
+        !socket.exists(),
+        "a stopped husk-plugind removes its socket"
+    );
+    let mut old = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(RELEASE_1_SERVICE)
+        .arg(&socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut ready = [0u8; 8];
+    old.stdout.as_mut().unwrap().read_exact(&mut ready).unwrap();
+    assert_eq!(&ready[..7], b"serving");
+    drop(lock);
+
+    run_under_policy(&d);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while old.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the older service was not stopped"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    one_daemon(&socket);
+    assert_eq!(
+        serving_lines(&socket),
+        2,
+        "the installed husk-plugind started again:\n{}",
+        plugind::log(&socket)
+    );
+}
+
 /// A create whose service dies under it: the on-error policy decides.
 #[test]
 fn a_service_dying_during_a_create_fails_it_closed_or_open_by_on_error() {

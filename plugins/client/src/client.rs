@@ -12,6 +12,12 @@
 //! holds: the caller applies its plugin config's on-error policy. A request
 //! the service refuses (a config that does not load, a spec that does not
 //! parse) is [`ClientError::Service`].
+//!
+//! After an upgrade, the daemon that serves may be of the previous
+//! release and refuse this client's protocol version. A call then stops
+//! it (SIGTERM, to the pid of the socket's peer; it finishes what it
+//! serves) and starts the installed one, once. Otherwise an old daemon,
+//! kept alive by the requests it refuses, would never idle out.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -22,7 +28,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::endpoint;
-use crate::protocol::{self, Op, Reply, Request, RequestRef, ServiceError};
+use crate::protocol::{self, Op, Reply, RequestRef, ServiceError};
 
 /// The daemon binary to start (default: `husk-plugind` beside the caller's
 /// own executable).
@@ -74,6 +80,20 @@ pub enum ClientError {
     },
     #[error("{0}")]
     Service(ServiceError),
+    /// The daemon serving the socket is of an older release: it refused
+    /// this client's protocol version. [`Client::call`] stops it and
+    /// starts the installed one.
+    #[error(
+        "the plugin service husk-plugind (pid {pid}) at {} speaks protocol versions up to \
+         {speaks}, older than this client's {}: {}",
+        socket.display(), protocol::VERSION, refusal.message
+    )]
+    Outdated {
+        socket: PathBuf,
+        pid: i32,
+        speaks: u32,
+        refusal: ServiceError,
+    },
 }
 
 impl ClientError {
@@ -82,6 +102,18 @@ impl ClientError {
     pub fn is_unavailable(&self) -> bool {
         !matches!(self, ClientError::Service(_))
     }
+}
+
+/// The newest protocol version a service speaks, read from its refusal
+/// of a request's version: `... this husk-plugind speaks 1; ...` (release
+/// 1) or `... speaks 1 to 2; ...`. `None` for any other error.
+fn version_spoken(refusal: &ServiceError) -> Option<u32> {
+    if refusal.kind != protocol::ErrorKind::BadRequest {
+        return None;
+    }
+    let (_, rest) = refusal.message.split_once("this husk-plugind speaks ")?;
+    let (versions, _) = rest.split_once(';')?;
+    versions.rsplit(" to ").next()?.trim().parse().ok()
 }
 
 /// A client of one service socket.
@@ -113,35 +145,39 @@ impl Client {
 
     /// Sends `op` and returns the service's reply (starting the service if
     /// nothing serves its socket).
+    /// A service of an older release, which refuses this client's
+    /// protocol version, is stopped and the installed one started: once.
     pub fn call(&self, op: Op) -> Result<Reply, ClientError> {
-        let name = op.name();
+        match self.call_once(&op) {
+            Err(ClientError::Outdated { pid, .. }) => {
+                self.retire(pid)?;
+                self.call_once(&op)
+            }
+            other => other,
+        }
+    }
+
+    fn call_once(&self, op: &Op) -> Result<Reply, ClientError> {
         let mut stream = self.connect()?;
         self.write_request(&mut stream, op)?;
-        self.receive(stream, name)
+        self.receive(stream, op.name())
     }
 
     /// Sends `op` on a connection of its own, as its only request, if the
-    /// service serves now, without starting it: the reply is then read with [`Self::receive`],
-    /// maybe by another process that inherited the stream (the shim's
-    /// create worker, forked while the service runs the plugins). `Err`
-    /// gives `op` back (boxed: the unusual path pays for the move) when
-    /// nothing serves or the request could not be written: [`Self::call`]
-    /// it, which starts the service (or says why it cannot be reached).
-    pub fn send_if_serving(&self, op: Op) -> Result<UnixStream, Box<Op>> {
-        let Ok(mut stream) = UnixStream::connect(&self.socket) else {
-            return Err(Box::new(op));
-        };
-        // Written from a reference: `op` is still there to give back.
-        match protocol::write_frame(&mut stream, &RequestRef::new(&op)) {
-            // The only request on this connection: said at once, so the
-            // service, after its reply, finds the end of the stream
-            // without waiting to be woken for it.
-            Ok(()) => {
-                let _ = stream.shutdown(std::net::Shutdown::Write);
-                Ok(stream)
-            }
-            Err(_) => Err(Box::new(op)),
-        }
+    /// service serves now, without starting it: the reply is then read
+    /// with [`Self::receive`], maybe by another process that inherited
+    /// the stream (the shim's create worker, forked while the service runs
+    /// the plugins). `None` when nothing serves or the request could not
+    /// be written: [`Self::call`] it, which starts the service (or says
+    /// why it cannot be reached).
+    pub fn send_if_serving(&self, op: &Op) -> Option<UnixStream> {
+        let mut stream = UnixStream::connect(&self.socket).ok()?;
+        protocol::write_frame(&mut stream, &RequestRef::new(op)).ok()?;
+        // The only request on this connection: said at once, so the
+        // service, after its reply, finds the end of the stream without
+        // waiting to be woken for it.
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        Some(stream)
     }
 
     /// The reply to the `op_name` request sent on `stream`.
@@ -170,19 +206,74 @@ impl Client {
             Err(e) => return Err(died(format!("reading the reply: {e}"))),
         };
         match serde_json::from_slice(&body) {
-            Ok(Reply::Error(e)) => Err(ClientError::Service(e)),
+            Ok(Reply::Error(e)) => Err(match version_spoken(&e) {
+                Some(speaks) if speaks < protocol::VERSION => ClientError::Outdated {
+                    socket: self.socket.clone(),
+                    pid: endpoint::peer_credentials(&stream).map_or(0, |c| c.pid),
+                    speaks,
+                    refusal: e,
+                },
+                _ => ClientError::Service(e),
+            }),
             Ok(reply) => Ok(reply),
             Err(e) => Err(died(format!("the reply is not one this client reads: {e}"))),
         }
     }
 
-    fn write_request(&self, stream: &mut UnixStream, op: Op) -> Result<(), ClientError> {
-        let name = op.name();
-        protocol::write_frame(stream, &Request::new(op)).map_err(|e| ClientError::Died {
+    fn write_request(&self, stream: &mut UnixStream, op: &Op) -> Result<(), ClientError> {
+        protocol::write_frame(stream, &RequestRef::new(op)).map_err(|e| ClientError::Died {
             socket: self.socket.clone(),
-            op: name,
+            op: op.name(),
             detail: format!("sending the request: {e}"),
         })
+    }
+
+    /// Stops the older husk-plugind `pid` (SIGTERM: it unlinks its socket
+    /// at once, finishes what it serves, and exits), and waits until it no
+    /// longer serves the socket, for the next connection to start the
+    /// installed one. Others who met it may be doing the same: the lock
+    /// in [`Self::start`] makes them start one.
+    fn retire(&self, pid: i32) -> Result<(), ClientError> {
+        if pid <= 0 {
+            return Err(self.unreachable(
+                "it speaks an older protocol and its pid cannot be read; restart husk-plugind"
+                    .into(),
+            ));
+        }
+        tracing::warn!(
+            pid,
+            socket = %self.socket.display(),
+            "husk-plugind speaks an older protocol: stopping it to start the installed one"
+        );
+        // SAFETY: kill(2) with a pid read from the socket's peer
+        // credentials; no memory is involved.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(self.unreachable(format!(
+                    "it speaks an older protocol and stopping it (pid {pid}) failed: {e}; \
+                     restart husk-plugind"
+                )));
+            }
+        }
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match UnixStream::connect(&self.socket) {
+                Err(e) if not_served(&e) => return Ok(()),
+                Err(e) => return Err(self.unreachable(e.to_string())),
+                Ok(s) if endpoint::peer_credentials(&s).is_ok_and(|c| c.pid != pid) => {
+                    return Ok(())
+                }
+                Ok(_) => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(self.unreachable(format!(
+                    "it speaks an older protocol and did not stop (pid {pid}) within \
+                     {START_TIMEOUT:?}; restart husk-plugind"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// A connection to the service, starting it if nothing serves.
@@ -294,4 +385,33 @@ fn not_served(e: &std::io::Error) -> bool {
         e.kind(),
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(kind: protocol::ErrorKind, message: &str) -> ServiceError {
+        ServiceError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn the_version_a_service_speaks_is_read_from_its_refusal() {
+        use protocol::ErrorKind::{BadRequest, Config};
+        // Release 1's words, then this release's.
+        let v1 = "the request speaks protocol version 2, this husk-plugind speaks 1; \
+                  restart husk-plugind (stop it: the next shim starts the installed one)";
+        assert_eq!(version_spoken(&refusal(BadRequest, v1)), Some(1));
+        let v2 = "the request speaks protocol version 3, this husk-plugind speaks 1 to 2; \
+                  restart husk-plugind";
+        assert_eq!(version_spoken(&refusal(BadRequest, v2)), Some(2));
+        assert_eq!(version_spoken(&refusal(Config, v1)), None);
+        assert_eq!(
+            version_spoken(&refusal(BadRequest, "bad request: missing field `op`")),
+            None
+        );
+    }
 }

@@ -652,29 +652,14 @@ fn config_error(config: &Path, e: Error) -> Reply {
 
 /// Only the daemon's own user (root) may use it, whatever the socket's mode.
 fn refuse_peer(stream: &UnixStream) -> Option<String> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
+    let cred = match endpoint::peer_credentials(stream) {
+        Ok(cred) => cred,
+        Err(e) => {
+            return Some(format!(
+                "refusing a connection whose credentials cannot be read: {e}"
+            ))
+        }
     };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which
-    // lives across the call.
-    let r = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return Some(format!(
-            "refusing a connection whose credentials cannot be read: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
     let me = endpoint::euid();
     (cred.uid != me).then(|| {
         format!(

@@ -108,12 +108,12 @@ pub fn preload(plugins: &Arc<Plugins>) {
     let Some(config) = std::env::var_os(PRELOAD_ENV).filter(|p| !p.is_empty()) else {
         return;
     };
-    let op = match plugins.client.send_if_serving(Op::Preload {
+    let op = Op::Preload {
         config: PathBuf::from(config),
-    }) {
-        Ok(_sent) => return,
-        Err(op) => *op,
     };
+    if plugins.client.send_if_serving(&op).is_some() {
+        return;
+    }
     let client = plugins.client.clone();
     let spawned = std::thread::Builder::new()
         .name("husk-plugin-preload".into())
@@ -209,24 +209,18 @@ pub struct CreateCall {
     config: PathBuf,
     id: String,
     bundle: PathBuf,
-    sent: Sent,
-}
-
-enum Sent {
-    /// The request is written; the reply is read from here.
-    Stream(std::os::unix::net::UnixStream),
-    /// Nothing served the socket: the worker starts the service and asks.
-    Later(Op),
+    op: Op,
+    /// The connection the request was written on, where the reply is read;
+    /// `None`: nothing served the socket, and the worker starts the
+    /// service and asks.
+    sent: Option<std::os::unix::net::UnixStream>,
 }
 
 impl CreateCall {
     /// The connection's descriptor, which the worker must inherit.
     pub fn fd(&self) -> Option<std::os::fd::RawFd> {
         use std::os::fd::AsRawFd;
-        match &self.sent {
-            Sent::Stream(s) => Some(s.as_raw_fd()),
-            Sent::Later(_) => None,
-        }
+        self.sent.as_ref().map(|s| s.as_raw_fd())
     }
 }
 
@@ -256,14 +250,13 @@ pub fn send_create(
         runtime: runtime_name(profile).into(),
         hardened: profile == Profile::Hardened,
     };
-    let sent = match plugins.client.send_if_serving(Op::Create(request)) {
-        Ok(stream) => Sent::Stream(stream),
-        Err(op) => Sent::Later(*op),
-    };
+    let op = Op::Create(request);
+    let sent = plugins.client.send_if_serving(&op);
     Ok(CreateCall {
         config,
         id: id.into(),
         bundle,
+        op,
         sent,
     })
 }
@@ -277,12 +270,15 @@ pub fn on_create(plugins: &Plugins, call: CreateCall) -> Result<Binding> {
         config,
         id,
         bundle,
+        op,
         sent,
     } = call;
     let id = id.as_str();
-    let answer = match sent {
-        Sent::Stream(stream) => plugins.client.receive(stream, "create"),
-        Sent::Later(op) => plugins.client.call(op),
+    let answer = match sent.map(|stream| plugins.client.receive(stream, "create")) {
+        // An older service refused the request: asked again, the call
+        // replaces it with the installed one.
+        None | Some(Err(ClientError::Outdated { .. })) => plugins.client.call(op),
+        Some(answer) => answer,
     };
     let reply = match answer {
         Ok(Reply::Created(reply)) => reply,
