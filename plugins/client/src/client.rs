@@ -104,18 +104,6 @@ impl ClientError {
     }
 }
 
-/// The newest protocol version a service speaks, read from its refusal
-/// of a request's version: `... this husk-plugind speaks 1; ...` (release
-/// 1) or `... speaks 1 to 2; ...`. `None` for any other error.
-fn version_spoken(refusal: &ServiceError) -> Option<u32> {
-    if refusal.kind != protocol::ErrorKind::BadRequest {
-        return None;
-    }
-    let (_, rest) = refusal.message.split_once("this husk-plugind speaks ")?;
-    let (versions, _) = rest.split_once(';')?;
-    versions.rsplit(" to ").next()?.trim().parse().ok()
-}
-
 /// A client of one service socket.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -206,7 +194,7 @@ impl Client {
             Err(e) => return Err(died(format!("reading the reply: {e}"))),
         };
         match serde_json::from_slice(&body) {
-            Ok(Reply::Error(e)) => Err(match version_spoken(&e) {
+            Ok(Reply::Error(e)) => Err(match protocol::versions_spoken(&e) {
                 Some(speaks) if speaks < protocol::VERSION => ClientError::Outdated {
                     socket: self.socket.clone(),
                     pid: endpoint::peer_credentials(&stream).map_or(0, |c| c.pid),
@@ -404,13 +392,15 @@ mod tests {
         // Release 1's words, then this release's.
         let v1 = "the request speaks protocol version 2, this husk-plugind speaks 1; \
                   restart husk-plugind (stop it: the next shim starts the installed one)";
-        assert_eq!(version_spoken(&refusal(BadRequest, v1)), Some(1));
-        let v2 = "the request speaks protocol version 3, this husk-plugind speaks 1 to 2; \
-                  restart husk-plugind";
-        assert_eq!(version_spoken(&refusal(BadRequest, v2)), Some(2));
-        assert_eq!(version_spoken(&refusal(Config, v1)), None);
+        assert_eq!(protocol::versions_spoken(&refusal(BadRequest, v1)), Some(1));
+        let v2 = protocol::version_refusal(3);
         assert_eq!(
-            version_spoken(&refusal(BadRequest, "bad request: missing field `op`")),
+            protocol::versions_spoken(&refusal(BadRequest, &v2)),
+            Some(protocol::VERSION)
+        );
+        assert_eq!(protocol::versions_spoken(&refusal(Config, v1)), None);
+        assert_eq!(
+            protocol::versions_spoken(&refusal(BadRequest, "bad request: missing field `op`")),
             None
         );
     }

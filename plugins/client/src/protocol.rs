@@ -358,6 +358,29 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(got)
 }
 
+/// The service's words for a request of a version it does not serve;
+/// clients read the versions it speaks back from them
+/// ([`versions_spoken`]).
+pub fn version_refusal(version: u32) -> String {
+    format!(
+        "the request speaks protocol version {version}, this husk-plugind speaks \
+         {OLDEST_SERVED} to {VERSION}; restart husk-plugind (stop it: the next shim starts \
+         the installed one)"
+    )
+}
+
+/// The newest version a service speaks, read from its refusal of a
+/// request's version: `... this husk-plugind speaks 1; ...` (release 1's
+/// words) or [`version_refusal`]'s. `None` for any other error.
+pub fn versions_spoken(refusal: &ServiceError) -> Option<u32> {
+    if refusal.kind != ErrorKind::BadRequest {
+        return None;
+    }
+    let (_, rest) = refusal.message.split_once("this husk-plugind speaks ")?;
+    let (versions, _) = rest.split_once(';')?;
+    versions.rsplit(" to ").next()?.trim().parse().ok()
+}
+
 /// Only the version of a request, read before the rest so that a request
 /// of another version gets a clear answer rather than a parse error.
 #[derive(Deserialize)]

@@ -620,14 +620,7 @@ impl Service {
 /// carries a whole spec); the version alone is read only to explain a
 /// request that does not parse.
 fn parse_request(body: &[u8]) -> Result<Op, String> {
-    let wrong_version = |version: u32| {
-        format!(
-            "the request speaks protocol version {version}, this husk-plugind speaks {} to {}; \
-             restart husk-plugind (stop it: the next shim starts the installed one)",
-            protocol::OLDEST_SERVED,
-            protocol::VERSION
-        )
-    };
+    let wrong_version = protocol::version_refusal;
     let served = protocol::OLDEST_SERVED..=protocol::VERSION;
     let e = match serde_json::from_slice::<Request>(body) {
         Ok(r) if served.contains(&r.version) => return Ok(r.op),
